@@ -1,0 +1,195 @@
+"""Render events and alerts as ECS documents (Elastic Common Schema 8.x).
+
+Field names are the ones SIEMs already index: ``dns.question.name``,
+``process.pid``, ``source.ip``, ``threat.technique.subtechnique.id``... What
+ECS has no field for (the detector's score and features) lives under
+``dns_detector.*``. The schema is written down in docs/alert.schema.json.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+from detector import __version__
+from detector.events import DnsEvent, Finding
+
+HOSTNAME = socket.gethostname()
+
+QTYPES = {
+    1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 10: "NULL", 12: "PTR", 13: "HINFO", 15: "MX",
+    16: "TXT", 17: "RP", 18: "AFSDB", 24: "SIG", 25: "KEY", 28: "AAAA", 29: "LOC", 33: "SRV",
+    35: "NAPTR", 36: "KX", 37: "CERT", 39: "DNAME", 41: "OPT", 42: "APL", 43: "DS",
+    44: "SSHFP", 45: "IPSECKEY", 46: "RRSIG", 47: "NSEC", 48: "DNSKEY", 49: "DHCID",
+    50: "NSEC3", 51: "NSEC3PARAM", 52: "TLSA", 53: "SMIMEA", 55: "HIP", 59: "CDS",
+    60: "CDNSKEY", 61: "OPENPGPKEY", 62: "CSYNC", 63: "ZONEMD", 64: "SVCB", 65: "HTTPS",
+    99: "SPF", 249: "TKEY", 250: "TSIG", 251: "IXFR", 252: "AXFR", 253: "MAILB", 255: "ANY",
+    256: "URI", 257: "CAA",
+}
+RCODES = {
+    0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED",
+    6: "YXDOMAIN", 7: "YXRRSET", 8: "NXRRSET", 9: "NOTAUTH", 10: "NOTZONE", 16: "BADVERS",
+    17: "BADKEY", 18: "BADTIME", 19: "BADMODE", 20: "BADNAME", 21: "BADALG", 22: "BADTRUNC",
+    23: "BADCOOKIE",
+}
+OPCODES = {0: "QUERY", 1: "IQUERY", 2: "STATUS", 4: "NOTIFY", 5: "UPDATE", 6: "DSO"}
+CLASSES = {1: "IN", 3: "CH", 4: "HS", 254: "NONE", 255: "ANY"}
+SEVERITY_NUM = {"low": 21, "medium": 47, "high": 73, "critical": 99}
+_FLAG_NAMES = ((0x0400, "AA"), (0x0200, "TC"), (0x0100, "RD"), (0x0080, "RA"),
+               (0x0020, "AD"), (0x0010, "CD"))
+
+
+def qtype_name(t: int) -> str:
+    return QTYPES.get(t) or f"TYPE{t}"
+
+
+def rcode_name(r: int) -> str:
+    return RCODES.get(r) or f"RCODE{r}"
+
+
+def iso(ts: float) -> str:
+    sec, us = divmod(int(round(ts * 1e6)), 1_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{us:06d}Z"
+
+
+def dns_fields(ev: DnsEvent) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "id": ev.id,
+        "type": "answer" if ev.flags & 0x8000 else "query",
+        "op_code": OPCODES.get(ev.opcode, str(ev.opcode)),
+        "header_flags": [n for bit, n in _FLAG_NAMES if ev.flags & bit],
+    }
+    if ev.flags & 0x8000:
+        d["response_code"] = rcode_name(ev.rcode)
+    if ev.questions:
+        q = ev.questions[0]
+        d["question"] = {
+            "name": q.name,
+            "type": qtype_name(q.qtype),
+            "class": CLASSES.get(q.qclass, f"CLASS{q.qclass}"),
+            "registered_domain": ev.registered_domain,
+            "subdomain": ev.subdomain,
+            "top_level_domain": ev.suffix,
+        }
+    if ev.answers:
+        d["answers"] = [
+            {"name": a.name, "type": qtype_name(a.rtype), "ttl": a.ttl, "data": a.data}
+            for a in ev.answers
+        ]
+        ips = [a.data for a in ev.answers if a.rtype in (1, 28)]
+        if ips:
+            d["resolved_ip"] = ips
+    return d
+
+
+def _process(ev: DnsEvent, doc: dict[str, Any]) -> None:
+    p = ev.process
+    if p is None:
+        return
+    proc: dict[str, Any] = {"pid": p.pid, "name": p.comm}
+    if p.tid:
+        proc["thread"] = {"id": p.tid}
+    if p.exe:
+        proc["executable"] = p.exe
+    if p.uid >= 0:
+        proc["user"] = {"id": str(p.uid)}
+    if p.gid >= 0:
+        proc["group"] = {"id": str(p.gid)}
+    doc["process"] = proc
+    if p.container_id:
+        doc["container"] = {"id": p.container_id}
+    if p.cgroup_id:
+        doc.setdefault("dns_detector", {})["cgroup_id"] = p.cgroup_id
+
+
+def event_doc(ev: DnsEvent) -> dict[str, Any]:
+    """An ECS document for one DNS event (``--events``)."""
+    doc: dict[str, Any] = {
+        "@timestamp": iso(ev.ts),
+        "event": {
+            "kind": "event",
+            "category": ["network"],
+            "type": ["protocol"],
+            "action": f"dns_{ev.kind}",
+            "dataset": "dns_detector.dns",
+        },
+        "network": {
+            "transport": ev.transport,
+            "type": f"ipv{ev.ip_version}",
+            "protocol": "dns",
+            "bytes": ev.size,
+        },
+        "source": {"ip": ev.src_ip, "port": ev.src_port},
+        "destination": {"ip": ev.dst_ip, "port": ev.dst_port},
+        "dns": dns_fields(ev),
+        "host": {"hostname": HOSTNAME},
+    }
+    if ev.latency is not None:
+        doc["event"]["duration"] = int(ev.latency * 1e9)
+    extra: dict[str, Any] = {}
+    if ev.edns is not None:
+        e = ev.edns
+        extra["edns"] = {"udp_size": e.udp_size, "do": e.do, "version": e.version}
+        if e.client_subnet:
+            extra["edns"]["client_subnet"] = e.client_subnet
+    if ev.malformed:
+        extra["malformed"] = ev.malformed
+    if ev.cause:
+        extra["cause"] = ev.cause
+    if extra:
+        doc["dns_detector"] = extra
+    _process(ev, doc)
+    return doc
+
+
+def alert_doc(f: Finding, alert_id: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An ECS alert document for one (deduplicated) finding."""
+    ev = f.event
+    tid = f.technique_id
+    technique: dict[str, Any] = {"id": tid.split(".")[0], "name": f.technique_name,
+                                 "reference": f"https://attack.mitre.org/techniques/{tid.split('.')[0]}/"}
+    if "." in tid:
+        technique["subtechnique"] = {
+            "id": tid,
+            "reference": f"https://attack.mitre.org/techniques/{tid.replace('.', '/')}/",
+        }
+    doc: dict[str, Any] = {
+        "@timestamp": iso(f.ts),
+        "event": {
+            "kind": "alert",
+            "category": ["network", "threat"],
+            "type": ["indicator"],
+            "id": alert_id,
+            "severity": SEVERITY_NUM.get(f.severity, 47),
+            "risk_score": round(f.score * 100, 1),
+            "reason": f.reason,
+            "dataset": "dns_detector.alert",
+            "module": "dns_detector",
+        },
+        "rule": {"id": f.rule_id, "name": f.title, "category": f.category,
+                 "ruleset": "dns-detector", "version": __version__},
+        "threat": {"framework": "MITRE ATT&CK", "technique": technique},
+        "host": {"hostname": HOSTNAME},
+        "observer": {"type": "sensor", "product": "dns-detector", "version": __version__},
+        "dns_detector": {
+            "score": f.score,
+            "severity": f.severity,
+            "entity": f.entity,
+            "domain": f.domain,
+            "count": f.count,
+            "features": f.features,
+        },
+    }
+    if extra:
+        doc["dns_detector"].update(extra)
+    if ev is not None:
+        doc["network"] = {"transport": ev.transport, "type": f"ipv{ev.ip_version}", "protocol": "dns"}
+        doc["source"] = {"ip": ev.src_ip, "port": ev.src_port}
+        doc["destination"] = {"ip": ev.dst_ip, "port": ev.dst_port}
+        if ev.questions or ev.id:
+            doc["dns"] = dns_fields(ev)
+        _process(ev, doc)
+        if ev.cause:
+            doc["dns_detector"]["cause"] = ev.cause
+    return doc

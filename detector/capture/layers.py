@@ -1,0 +1,313 @@
+"""Frames to DNS events: link layer, IPv4/IPv6 (extension headers, fragments),
+UDP and TCP, and the common encapsulations (802.1Q/QinQ, GRE, ERSPAN, VXLAN,
+Geneve, Teredo, IP-in-IP).
+
+:class:`PacketDecoder` keeps the state that spans packets (IP fragments, TCP
+streams) and the counters the replay summary prints. Nothing here raises on
+bad input: a packet that cannot be decoded is counted under a reason and
+skipped.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+
+from detector.capture.tcpstream import TcpDnsReassembler
+from detector.dns.wire import DnsParseError, decode
+from detector.events import DnsEvent
+
+# Link types (https://www.tcpdump.org/linktypes.html)
+LT_NULL, LT_ETHERNET, LT_PPP, LT_RAW, LT_RAW_OLD, LT_RAW_OLD2 = 0, 1, 9, 101, 12, 14
+LT_PPP_HDLC, LT_LOOP, LT_SLL, LT_IPV4, LT_IPV6, LT_SLL2 = 50, 108, 113, 228, 229, 276
+SUPPORTED_LINKTYPES = {
+    LT_NULL: "BSD loopback", LT_ETHERNET: "Ethernet", LT_PPP: "PPP", LT_RAW: "raw IP",
+    LT_RAW_OLD: "raw IP", LT_RAW_OLD2: "raw IP", LT_PPP_HDLC: "PPP in HDLC framing",
+    LT_LOOP: "OpenBSD loopback", LT_SLL: "Linux cooked (SLL)", LT_IPV4: "raw IPv4",
+    LT_IPV6: "raw IPv6", LT_SLL2: "Linux cooked v2 (SLL2)",
+}
+
+DEFAULT_PORTS = frozenset({53, 5353, 5355})
+
+_ntoa = socket.inet_ntoa
+_ntop = socket.inet_ntop
+_AF6 = socket.AF_INET6
+_H = struct.Struct("!H")
+_HH = struct.Struct("!HH")
+_TCP = struct.Struct("!HHIIBB")
+
+ETH_IP4, ETH_IP6, ETH_VLAN, ETH_QINQ, ETH_TEB = 0x0800, 0x86DD, 0x8100, 0x88A8, 0x6558
+ETH_ERSPAN2, ETH_ERSPAN3 = 0x88BE, 0x22EB
+MAX_DEPTH = 4  # nested encapsulations followed
+
+
+class _Fragments:
+    """IPv4/IPv6 fragment reassembly, bounded in datagrams and time."""
+
+    def __init__(self, max_datagrams: int = 4096, timeout: float = 30.0) -> None:
+        self.pending: OrderedDict[tuple, list] = OrderedDict()
+        self.max = max_datagrams
+        self.timeout = timeout
+        self.expired = 0
+
+    def add(self, key: tuple, ts: float, offset: int, more: bool, data: bytes) -> bytes | None:
+        ent = self.pending.get(key)
+        if ent is None:
+            ent = [ts, {}, -1]  # first-seen time, {offset: bytes}, total length
+            self.pending[key] = ent
+            while len(self.pending) > self.max:
+                self.pending.popitem(last=False)
+                self.expired += 1
+        parts = ent[1]
+        parts.setdefault(offset, data)
+        if not more:
+            ent[2] = offset + len(data)
+        if ent[2] < 0:
+            return None
+        have = 0
+        out = bytearray()
+        for off in sorted(parts):
+            if off > have:
+                return None  # a hole
+            chunk = parts[off]
+            if off + len(chunk) > have:
+                out += chunk[have - off:]
+                have = off + len(chunk)
+        if have < ent[2]:
+            return None
+        del self.pending[key]
+        return bytes(out[:ent[2]])
+
+    def expire(self, now: float) -> None:
+        while self.pending:
+            k, ent = next(iter(self.pending.items()))
+            if now - ent[0] <= self.timeout:
+                break
+            del self.pending[k]
+            self.expired += 1
+
+
+class PacketDecoder:
+    """Decode frames into DnsEvents.
+
+    ``on_conn(ts, transport, ip_version, src, sport, dst, dport)`` is called for
+    connection starts (TCP SYN) to ``conn_ports`` (DoT 853, HTTPS 443 for DoH)
+    and UDP to DoQ 853, so the resolver detector can see encrypted DNS.
+    """
+
+    def __init__(self, ports: frozenset[int] | set[int] = DEFAULT_PORTS,
+                 on_conn: Callable[..., None] | None = None,
+                 conn_ports: frozenset[int] = frozenset({853, 443})) -> None:
+        self.ports = frozenset(ports)
+        self.on_conn = on_conn
+        self.conn_ports = conn_ports
+        self.frags = _Fragments()
+        self.tcp = TcpDnsReassembler()
+        self.stats: Counter[str] = Counter()  # skip/error reasons
+        self.packets = 0
+        self.dns_messages = 0
+        self.unknown_linktypes: Counter[int] = Counter()
+        self._last_expire = 0.0
+
+    # --- entry points -----------------------------------------------------------
+    def frame(self, ts: float, linktype: int, data: bytes) -> list[DnsEvent]:
+        self.packets += 1
+        out: list[DnsEvent] = []
+        if ts - self._last_expire > 5.0:
+            self.frags.expire(ts)
+            self._last_expire = ts
+        try:
+            if linktype == LT_ETHERNET:
+                self._ether(ts, data, 0, out, 0)
+            elif linktype in (LT_RAW, LT_RAW_OLD, LT_RAW_OLD2, LT_IPV4, LT_IPV6):
+                self._ip(ts, data, 0, out, 0)
+            elif linktype == LT_SLL:
+                self._ethertype(ts, _H.unpack_from(data, 14)[0], data, 16, out, 0)
+            elif linktype == LT_SLL2:
+                self._ethertype(ts, _H.unpack_from(data, 0)[0], data, 20, out, 0)
+            elif linktype in (LT_NULL, LT_LOOP):
+                fam = data[0:4]
+                v = struct.unpack("<I" if linktype == LT_NULL and fam[0] else ">I", fam)[0]
+                if v == 2:
+                    self._ip(ts, data, 4, out, 0)
+                elif v in (10, 24, 28, 30):
+                    self._ip(ts, data, 4, out, 0)
+                else:
+                    self.stats["not_ip"] += 1
+            elif linktype in (LT_PPP, LT_PPP_HDLC):
+                off = 2 if data[0] == 0xFF and data[1] == 0x03 else 0
+                proto = _H.unpack_from(data, off)[0]
+                if proto in (0x0021, 0x0057):
+                    self._ip(ts, data, off + 2, out, 0)
+                else:
+                    self.stats["not_ip"] += 1
+            else:
+                self.unknown_linktypes[linktype] += 1
+                self.stats["unknown_linktype"] += 1
+        except (struct.error, IndexError, ValueError, OSError):
+            self.stats["truncated_packet"] += 1
+        return out
+
+    def flush(self) -> list[DnsEvent]:
+        """End of input: emit DNS messages held behind TCP holes."""
+        out: list[DnsEvent] = []
+        for (src, sport, dst, dport, ipv), ts, msg in self.tcp.flush_gaps():
+            self._dns(ts, "tcp", ipv, src, sport, dst, dport, msg, out)
+        return out
+
+    # --- link and network layers ---------------------------------------------------
+    def _ether(self, ts: float, d: bytes, off: int, out: list, depth: int) -> None:
+        et = (d[off + 12] << 8) | d[off + 13]
+        self._ethertype(ts, et, d, off + 14, out, depth)
+
+    def _ethertype(self, ts: float, et: int, d: bytes, off: int, out: list, depth: int) -> None:
+        while et in (ETH_VLAN, ETH_QINQ, 0x9100):
+            et = (d[off + 2] << 8) | d[off + 3]
+            off += 4
+        if et == ETH_IP4 or et == ETH_IP6:
+            self._ip(ts, d, off, out, depth)
+        elif et == ETH_TEB and depth < MAX_DEPTH:
+            self._ether(ts, d, off, out, depth + 1)
+        else:
+            self.stats["not_ip"] += 1
+
+    def _ip(self, ts: float, d: bytes, off: int, out: list, depth: int) -> None:
+        ver = d[off] >> 4
+        if ver == 4:
+            ihl = (d[off] & 0x0F) * 4
+            total = (d[off + 2] << 8) | d[off + 3]
+            end = off + total
+            if total < ihl or end > len(d):
+                self.stats["ip_bad_length"] += 1
+                end = len(d)
+            frag = (d[off + 6] << 8) | d[off + 7]
+            proto = d[off + 9]
+            src = _ntoa(d[off + 12:off + 16])
+            dst = _ntoa(d[off + 16:off + 20])
+            if frag & 0x3FFF:  # more fragments, or a non-zero offset
+                whole = self.frags.add((4, src, dst, (d[off + 4] << 8) | d[off + 5], proto), ts,
+                                       (frag & 0x1FFF) * 8, bool(frag & 0x2000), d[off + ihl:end])
+                if whole is None:
+                    self.stats["ip_fragment_held"] += 1
+                    return
+                self.stats["ip_reassembled"] += 1
+                self._l4(ts, 4, proto, src, dst, whole, 0, len(whole), out, depth)
+                return
+            self._l4(ts, 4, proto, src, dst, d, off + ihl, end, out, depth)
+        elif ver == 6:
+            plen = (d[off + 4] << 8) | d[off + 5]
+            nh = d[off + 6]
+            src = _ntop(_AF6, d[off + 8:off + 24])
+            dst = _ntop(_AF6, d[off + 24:off + 40])
+            p = off + 40
+            end = p + plen
+            if end > len(d) or plen == 0:
+                if plen:
+                    self.stats["ip_bad_length"] += 1
+                end = len(d)
+            for _ in range(8):
+                if nh in (0, 43, 60):  # hop-by-hop, routing, destination options
+                    nh, p = d[p], p + (d[p + 1] + 1) * 8
+                elif nh == 51:  # AH
+                    nh, p = d[p], p + (d[p + 1] + 2) * 4
+                elif nh == 44:  # fragment
+                    fo = (d[p + 2] << 8) | d[p + 3]
+                    ident = struct.unpack_from("!I", d, p + 4)[0]
+                    nxt = d[p]
+                    whole = self.frags.add((6, src, dst, ident, nxt), ts, fo & 0xFFF8,
+                                           bool(fo & 1), d[p + 8:end])
+                    if whole is None:
+                        self.stats["ip_fragment_held"] += 1
+                        return
+                    self.stats["ip_reassembled"] += 1
+                    self._l4(ts, 6, nxt, src, dst, whole, 0, len(whole), out, depth)
+                    return
+                else:
+                    break
+            self._l4(ts, 6, nh, src, dst, d, p, end, out, depth)
+        else:
+            self.stats["not_ip"] += 1
+
+    # --- transport -----------------------------------------------------------------
+    def _l4(self, ts: float, ipv: int, proto: int, src: str, dst: str, d: bytes, off: int,
+            end: int, out: list, depth: int) -> None:
+        if proto == 17:
+            sport = (d[off] << 8) | d[off + 1]
+            dport = (d[off + 2] << 8) | d[off + 3]
+            ulen = (d[off + 4] << 8) | d[off + 5]
+            pend = off + ulen if 8 <= ulen <= end - off else end
+            ports = self.ports
+            if dport in ports or sport in ports:
+                self._dns(ts, "udp", ipv, src, sport, dst, dport, d[off + 8:pend], out)
+            elif depth < MAX_DEPTH and (dport in _UDP_ENCAP or sport == 3544):
+                self._udp_encap(ts, sport, dport, d, off + 8, pend, out, depth + 1)
+            elif dport == 853 and self.on_conn is not None:
+                self.on_conn(ts, "udp", ipv, src, sport, dst, dport)
+            else:
+                self.stats["not_dns"] += 1
+        elif proto == 6:
+            sport, dport, seq, _ack, doff, flags = _TCP.unpack_from(d, off)
+            ports = self.ports
+            if dport in ports or sport in ports:
+                payload = d[off + (doff >> 4) * 4:end]
+                msgs = self.tcp.segment((src, sport, dst, dport, ipv), seq, flags, payload, ts)
+                for m in msgs:
+                    self._dns(ts, "tcp", ipv, src, sport, dst, dport, m, out)
+            elif flags & 0x12 == 0x02 and dport in self.conn_ports and self.on_conn is not None:
+                self.on_conn(ts, "tcp", ipv, src, sport, dst, dport)
+            else:
+                self.stats["not_dns"] += 1
+        elif depth < MAX_DEPTH and proto in (4, 41):  # IP in IP
+            self._ip(ts, d[:end], off, out, depth + 1)
+        elif depth < MAX_DEPTH and proto == 47:
+            self._gre(ts, d[:end], off, out, depth + 1)
+        else:
+            self.stats["not_dns"] += 1
+
+    def _udp_encap(self, ts: float, sport: int, dport: int, d: bytes, off: int, end: int,
+                   out: list, depth: int) -> None:
+        d = d[:end]
+        if dport == 4789 or dport == 8472:  # VXLAN
+            self._ether(ts, d, off + 8, out, depth)
+        elif dport == 6081:  # Geneve
+            optlen = (d[off] & 0x3F) * 4
+            self._ethertype(ts, _H.unpack_from(d, off + 2)[0], d, off + 8 + optlen, out, depth)
+        elif dport == 4754:  # GRE over UDP
+            self._gre(ts, d, off, out, depth)
+        else:  # Teredo (3544): optional auth and origin indicators, then IPv6
+            if d[off] == 0 and d[off + 1] == 1:
+                off += 4 + d[off + 2] + d[off + 3] + 9
+            if d[off] == 0 and d[off + 1] == 0:
+                off += 8
+            if d[off] >> 4 == 6:
+                self._ip(ts, d, off, out, depth)
+            else:
+                self.stats["not_dns"] += 1
+
+    def _gre(self, ts: float, d: bytes, off: int, out: list, depth: int) -> None:
+        fl = d[off]
+        et = (d[off + 2] << 8) | d[off + 3]
+        p = off + 4 + (4 if fl & 0x80 else 0) + (4 if fl & 0x20 else 0) + (4 if fl & 0x10 else 0)
+        if et == ETH_ERSPAN2:
+            self._ether(ts, d, p + 8, out, depth)
+        elif et == ETH_ERSPAN3:
+            self._ether(ts, d, p + 12 + (8 if d[p + 11] & 1 else 0), out, depth)
+        else:
+            self._ethertype(ts, et, d, p, out, depth)
+
+    def _dns(self, ts: float, transport: str, ipv: int, src: str, sport: int, dst: str,
+             dport: int, payload: bytes, out: list) -> None:
+        try:
+            ev = decode(payload, ts, transport, ipv, src, sport, dst, dport)
+        except DnsParseError as e:
+            self.stats["dns_" + e.kind] += 1
+            return
+        self.dns_messages += 1
+        if ev.malformed:
+            self.stats["dns_" + ev.malformed] += 1
+        out.append(ev)
+
+
+_UDP_ENCAP = frozenset({4789, 8472, 6081, 4754, 3544})

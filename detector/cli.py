@@ -1,0 +1,91 @@
+"""The `detector` command. Each subcommand lives in detector/commands/<name>.py and
+exposes ``register(subparsers)``; this module only wires them and maps errors to
+exit codes (see detector/errors.py)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import signal
+import sys
+
+from detector import errors
+
+COMMANDS = ("demo", "replay", "live", "score", "eval", "consume", "top", "rules", "broker")
+
+EPILOG = """\
+examples:
+  detector demo                                   embedded broker + live or bundled capture
+  detector replay pcap capture.pcap               alerts as ECS JSON lines on stdout
+  detector replay pcap a.pcapng --events -o out.jsonl --kafka localhost:9092
+  detector live --duration 60 --events            eBPF capture with process attribution (root)
+  echo example.com | detector score               DGA score per domain
+  detector eval dga                               leave-family-out evaluation
+  detector consume --group detectors              detection as a Kafka consumer group
+  detector rules check rules/                     validate rule files
+
+exit codes:
+  0 ok   1 alerts raised (with --fail-on-alert)   2 usage / bad input file
+  3 capture truncated (processed what was there)   4 invalid rules   5 output failed
+  10 not root   11 BCC missing   12 kernel headers missing   13 BPF program refused
+  14 model missing or wrong feature version        130 interrupted
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="detector",
+        description="DNS threat detection: DGA, tunneling/exfiltration, unauthorized resolvers "
+        "and DNS health, from live eBPF capture or pcap replay, alerts as ECS JSON.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            mod = importlib.import_module(f"detector.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"detector.commands.{name}":
+                continue  # not built yet
+            raise
+        mod.register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return errors.USAGE
+    # SIGTERM behaves like Ctrl-C: commands flush their sinks in `finally`.
+    signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        return int(args.func(args) or 0)
+    except errors.DetectorError as e:
+        print(f"detector: error: {e}", file=sys.stderr)
+        if e.hint:
+            print(f"detector: hint: {e.hint}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        print("detector: interrupted", file=sys.stderr)
+        return errors.INTERRUPTED
+    except BrokenPipeError:
+        # `detector ... | head`: the reader went away; not an error of ours.
+        sys.stderr.close()
+        return errors.OK
+
+
+def _sigterm(signum, frame):  # noqa: ARG001
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""The one interface every detector implements, and the registry of detectors.
+
+A rule in rules/*.yaml names a detector (``detector: dga``); the engine builds one
+instance of that detector class per enabled rule and feeds it every enriched
+event in time order. Detectors keep their own windowed state, bounded in size.
+
+    class MyDetector(Detector):
+        name = "mine"
+        params = {"threshold": 0.5}        # every threshold a rule may set, with its default
+
+        def process(self, ev):             # -> list[Finding] (may be empty)
+            ...
+        def tick(self, now):               # capture time moved on; close windows
+            ...
+
+Detectors never write output: they return :class:`~detector.events.Finding`
+objects and alerts/ deduplicates and renders them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from detector.events import DnsEvent, Finding
+
+if TYPE_CHECKING:
+    from detector.ruleset import Rule, RuleSet
+
+_REGISTRY: dict[str, type["Detector"]] = {}
+
+
+def register(cls: type["Detector"]) -> type["Detector"]:
+    """Class decorator: make a detector available to rules under ``cls.name``."""
+    if not cls.name:
+        raise TypeError(f"{cls.__qualname__} has no name")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def detector_class(name: str) -> type["Detector"] | None:
+    _load_builtin()
+    return _REGISTRY.get(name)
+
+
+def detector_names() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def _load_builtin() -> None:
+    # Importing the modules runs their @register decorators.
+    import importlib
+
+    for mod in _BUILTIN:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:  # a detector module not written yet
+            if e.name != mod:
+                raise
+
+
+_BUILTIN = (
+    "detector.detect.denylist",
+    "detector.detect.dga",
+    "detector.detect.tunnel",
+    "detector.detect.resolvers",
+    "detector.detect.health",
+)
+
+
+class Detector:
+    name: ClassVar[str] = ""
+    #: threshold names a rule may set, with defaults; unknown names are a rule error
+    params: ClassVar[dict[str, Any]] = {}
+    #: the event kinds this detector wants ("query", "response", "unanswered")
+    kinds: ClassVar[frozenset[str]] = frozenset({"query", "response", "unanswered"})
+
+    def __init__(self, rule: "Rule", rules: "RuleSet") -> None:
+        self.rule = rule
+        self.rules = rules
+        self.p: dict[str, Any] = {**self.params, **rule.thresholds}
+
+    def process(self, ev: DnsEvent) -> list[Finding]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def tick(self, now: float) -> list[Finding]:
+        return []
+
+    def close(self) -> list[Finding]:
+        return []
+
+    # --- helpers shared by detectors ------------------------------------------
+    def finding(
+        self,
+        ev: DnsEvent | None,
+        *,
+        score: float,
+        entity: str,
+        domain: str,
+        features: dict[str, Any],
+        reason: str,
+        ts: float | None = None,
+        severity: str | None = None,
+    ) -> Finding:
+        r = self.rule
+        return Finding(
+            rule_id=r.id,
+            title=r.title,
+            score=round(float(score), 4),
+            severity=severity or r.severity,
+            technique_id=r.technique_id,
+            technique_name=r.technique_name,
+            entity=entity,
+            domain=domain,
+            features=features,
+            reason=reason,
+            event=ev,
+            ts=ev.ts if ts is None and ev is not None else (ts or 0.0),
+            category=self.name,
+        )
+
+    def allowed(self, ev: DnsEvent) -> bool:
+        """True when the rule's or the global allowlist covers this event."""
+        return self.rule.allowlist.covers(ev) or self.rules.allowlist.covers(ev)
+
+
+def entity_of(ev: DnsEvent) -> str:
+    """Who is behind an event: the process when known, else the client address."""
+    p = ev.process
+    if p is not None and p.pid:
+        return f"{p.comm or '?'}[{p.pid}]"
+    return ev.client[0]

@@ -1,0 +1,94 @@
+"""Pair each response with its query; report latency and unanswered queries.
+
+A query is keyed by (client address, client port, server address, server
+port, DNS id, first question name). A response with the same key completes
+it: the response event gets ``latency`` (seconds) and ``kind = "response"``.
+A query with no response within ``timeout`` seconds of capture time yields a
+copy of the query with ``kind = "unanswered"`` and ``latency = timeout``.
+
+Time is the events' own timestamps, so a replay is deterministic. Pending
+queries are bounded (oldest are expired first when the bound is reached).
+"""
+
+from __future__ import annotations
+
+import copy
+
+from detector.events import QUERY, RESPONSE, UNANSWERED, DnsEvent
+
+
+class Correlator:
+    def __init__(self, timeout: float = 5.0, max_pending: int = 200_000) -> None:
+        self.timeout = timeout
+        self.max_pending = max_pending
+        self.pending: dict[tuple, DnsEvent] = {}  # insertion order == query time order
+        self.answered = 0
+        self.unanswered = 0
+        self.unsolicited = 0  # responses with no query seen
+        self.duplicates = 0  # retransmitted queries
+        self.latency_sum = 0.0
+        self.open_at_end = 0
+
+    def process(self, ev: DnsEvent) -> list[DnsEvent]:
+        """Return the events to pass on: expired queries first, then ``ev``."""
+        out = self.expire(ev.ts) if self.pending else []
+        q = ev.questions[0].name.lower() if ev.questions else ""
+        if ev.flags & 0x8000:  # response
+            key = (ev.dst_ip, ev.dst_port, ev.src_ip, ev.src_port, ev.id, q)
+            query = self.pending.pop(key, None)
+            ev.kind = RESPONSE
+            if query is not None:
+                lat = ev.ts - query.ts
+                ev.latency = lat if lat >= 0 else 0.0
+                self.answered += 1
+                self.latency_sum += ev.latency
+                if ev.process is None and query.process is not None:
+                    ev.process = query.process
+            else:
+                self.unsolicited += 1
+        else:
+            ev.kind = QUERY
+            key = (ev.src_ip, ev.src_port, ev.dst_ip, ev.dst_port, ev.id, q)
+            if key in self.pending:
+                self.duplicates += 1
+            else:
+                self.pending[key] = ev
+                if len(self.pending) > self.max_pending:
+                    out.extend(self._expire_one())
+        out.append(ev)
+        return out
+
+    def expire(self, now: float) -> list[DnsEvent]:
+        out: list[DnsEvent] = []
+        limit = now - self.timeout
+        pending = self.pending
+        while pending:
+            key = next(iter(pending))
+            q = pending[key]
+            if q.ts > limit:
+                break
+            del pending[key]
+            out.append(self._unanswered(q))
+        return out
+
+    def _expire_one(self) -> list[DnsEvent]:
+        key = next(iter(self.pending))
+        return [self._unanswered(self.pending.pop(key))]
+
+    def _unanswered(self, q: DnsEvent) -> DnsEvent:
+        u = copy.copy(q)
+        u.kind = UNANSWERED
+        u.latency = self.timeout
+        u.ts = q.ts + self.timeout
+        self.unanswered += 1
+        return u
+
+    def close(self, last_ts: float | None = None) -> list[DnsEvent]:
+        """End of input. Queries older than the timeout at ``last_ts`` are
+        unanswered; younger ones may have been answered after the capture
+        stopped, so they are only counted (``open_at_end``)."""
+        out = self.expire(last_ts) if last_ts is not None else [
+            self._unanswered(q) for q in self.pending.values()]
+        self.open_at_end = len(self.pending)
+        self.pending.clear()
+        return out

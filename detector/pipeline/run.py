@@ -1,0 +1,179 @@
+"""The pipeline: decoded DnsEvents in, alerts (and optionally events) out.
+
+    correlate -> enrich -> detect -> suppress -> render -> sinks
+
+Every source (pcap replay, live eBPF capture, the dns-events Kafka topic)
+feeds the same :class:`Pipeline` with :meth:`Pipeline.process`, in time order.
+The pipeline owns no clock: detector windows, query timeouts and alert
+suppression all run on the events' timestamps.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from detector.alerts.dedup import Suppressor
+from detector.alerts.render import render_alert, render_event
+from detector.detect.base import Detector, detector_class
+from detector.events import DnsEvent, Finding
+from detector.pipeline.correlate import Correlator
+from detector.pipeline.enrich import split_domain
+from detector.ruleset import RuleSet
+from detector.sinks.base import Sink
+
+log = logging.getLogger(__name__)
+
+TICK = 1.0  # seconds of event time between detector ticks
+
+
+@dataclass
+class PipelineStats:
+    events: int = 0
+    queries: int = 0
+    responses: int = 0
+    unanswered: int = 0
+    findings: int = 0
+    alerts: int = 0
+    suppressed: int = 0
+    detector_errors: int = 0
+    alerts_by_rule: Counter = field(default_factory=Counter)
+    sink_errors: int = 0
+
+
+class Pipeline:
+    def __init__(
+        self,
+        rules: RuleSet,
+        alert_sinks: Iterable[Sink] = (),
+        event_sinks: Iterable[Sink] = (),
+        *,
+        query_timeout: float = 5.0,
+        fmt: str = "ecs",
+        suppress_window: float = 600.0,
+        on_alert: Callable[[dict], None] | None = None,
+        latency: object | None = None,
+    ) -> None:
+        self.rules = rules
+        self.alert_sinks = list(alert_sinks)
+        self.event_sinks = list(event_sinks)
+        self.fmt = fmt
+        self.correlator = Correlator(query_timeout)
+        self.suppressor = Suppressor(suppress_window)
+        self.stats = PipelineStats()
+        self.on_alert = on_alert
+        self.latency = latency  # optional histogram with observe(resolver, seconds)
+        self.detectors: list[Detector] = []
+        for rule in rules.rules:
+            if not rule.enabled:
+                continue
+            cls = detector_class(rule.detector)
+            if cls is None:  # validated at load; a plug-in may have gone missing
+                log.warning("rule %s: detector %r is not available", rule.id, rule.detector)
+                continue
+            self.detectors.append(cls(rule, rules))
+        self._by_kind: dict[str, list[Detector]] = {
+            k: [d for d in self.detectors if k in d.kinds] for k in ("query", "response", "unanswered")
+        }
+        self._conn_detectors = [d for d in self.detectors if hasattr(d, "process_conn")]
+        self._next_tick = None
+        self.last_ts = 0.0
+
+    # --- input ----------------------------------------------------------------
+    def process(self, ev: DnsEvent) -> None:
+        """Feed one decoded DNS message (query or response)."""
+        for e in self.correlator.process(ev):
+            self._handle(e)
+
+    def process_conn(self, conn: object) -> None:
+        """Feed a non-DNS connection record (DoT, DoH) to detectors that want it."""
+        for d in self._conn_detectors:
+            self._findings(d, d.process_conn(conn))
+
+    def advance(self, now: float) -> None:
+        """Let time move on without an event (live capture when the host is quiet)."""
+        for e in self.correlator.expire(now):
+            self._handle(e)
+        self._tick(now)
+
+    def close(self) -> PipelineStats:
+        """End of input: expire queries, close detector windows, flush suppression and sinks."""
+        for e in self.correlator.close(self.last_ts):
+            self._handle(e)
+        for d in self.detectors:
+            self._findings(d, d.tick(self.last_ts + 10 * TICK * 3600))
+            self._findings(d, d.close())
+        for f, aid, extra in self.suppressor.close():
+            self._emit(f, aid, extra)
+        self.stats.suppressed = self.suppressor.suppressed
+        for s in self.alert_sinks + self.event_sinks:
+            try:
+                s.close()
+            except Exception as e:  # a sink must not hide the others' flush
+                self.stats.sink_errors += 1
+                log.error("closing %s failed: %s", s.name, e)
+        return self.stats
+
+    # --- stages -----------------------------------------------------------------
+    def _handle(self, e: DnsEvent) -> None:
+        st = self.stats
+        st.events += 1
+        kind = e.kind
+        if kind == "query":
+            st.queries += 1
+        elif kind == "response":
+            st.responses += 1
+            if self.latency is not None and e.latency is not None:
+                self.latency.observe(e.src_ip, e.latency)
+        else:
+            st.unanswered += 1
+        if e.questions and not e.registered_domain:
+            e.subdomain, e.registered_domain, e.suffix = split_domain(e.questions[0].name)
+        ts = e.ts
+        if ts > self.last_ts:
+            self.last_ts = ts
+        if self._next_tick is None:
+            self._next_tick = ts + TICK
+        elif ts >= self._next_tick:
+            self._tick(ts)
+        for s in self.event_sinks:
+            s.write(render_event(e, self.fmt), e.registered_domain)
+        for d in self._by_kind[kind]:
+            try:
+                fs = d.process(e)
+            except Exception:  # one bad detector must not stop the others
+                st.detector_errors += 1
+                if st.detector_errors <= 5:
+                    log.exception("detector %s failed on %s", d.rule.id, e.qname)
+                continue
+            if fs:
+                self._findings(d, fs)
+
+    def _tick(self, now: float) -> None:
+        self._next_tick = now + TICK
+        for d in self.detectors:
+            self._findings(d, d.tick(now))
+        for f, aid, extra in self.suppressor.tick(now):
+            self._emit(f, aid, extra)
+
+    def _findings(self, d: Detector, fs: list[Finding] | None) -> None:
+        if not fs:
+            return
+        for f in fs:
+            if not f.ts:
+                f.ts = self.last_ts
+            self.stats.findings += 1
+            for g, aid, extra in self.suppressor.offer(f):
+                self._emit(g, aid, extra)
+
+    def _emit(self, f: Finding, aid: str, extra: dict) -> None:
+        doc = render_alert(f, aid, extra, self.fmt)
+        self.stats.alerts += 1
+        self.stats.alerts_by_rule[f.rule_id] += 1
+        key = f.domain or None
+        for s in self.alert_sinks:
+            s.write(doc, key)
+        if self.on_alert is not None:
+            self.on_alert(doc)

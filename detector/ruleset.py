@@ -1,0 +1,316 @@
+"""Load and validate rules/*.yaml.
+
+One YAML file holds one rule (pySigma style), or, with ``kind: allowlist``, the
+allowlist every rule shares. Every error names the file, the line and what is
+wrong, e.g.::
+
+    rules/dga.yaml:7: thresholds.score: expected a number between 0 and 1, got 'high'
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from detector.events import DnsEvent
+
+SEVERITIES = ("low", "medium", "high", "critical")
+
+
+class RuleError(ValueError):
+    """A rule file is invalid. ``str(err)`` is ``file:line: what``."""
+
+    def __init__(self, path: str, line: int, msg: str) -> None:
+        self.path, self.line, self.msg = path, line, msg
+        super().__init__(f"{path}:{line}: {msg}")
+
+
+@dataclass
+class Allowlist:
+    domains: tuple[str, ...] = ()  # suffixes: "example.com" covers "a.example.com"
+    processes: frozenset[str] = frozenset()  # comm or exe basename
+    resolvers: tuple[Any, ...] = ()  # ip networks
+    clients: tuple[Any, ...] = ()  # ip networks
+
+    def covers_domain(self, name: str) -> bool:
+        if not self.domains or not name:
+            return False
+        n = name.lower().rstrip(".")
+        for s in self.domains:
+            if n == s or n.endswith("." + s):
+                return True
+        return False
+
+    def covers_process(self, ev: DnsEvent) -> bool:
+        p = ev.process
+        if p is None or not self.processes:
+            return False
+        return p.comm in self.processes or os.path.basename(p.exe) in self.processes
+
+    def covers_resolver(self, ip: str) -> bool:
+        return _in_nets(ip, self.resolvers)
+
+    def covers(self, ev: DnsEvent) -> bool:
+        return self.covers_domain(ev.qname) or self.covers_process(ev) or _in_nets(
+            ev.client[0], self.clients
+        )
+
+    def merged(self, other: "Allowlist") -> "Allowlist":
+        return Allowlist(
+            self.domains + other.domains,
+            self.processes | other.processes,
+            self.resolvers + other.resolvers,
+            self.clients + other.clients,
+        )
+
+
+def _in_nets(ip: str, nets: tuple[Any, ...]) -> bool:
+    if not nets:
+        return False
+    try:
+        a = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(a.version == n.version and a in n for n in nets)
+
+
+@dataclass
+class Rule:
+    id: str
+    title: str
+    detector: str
+    severity: str
+    technique_id: str
+    technique_name: str
+    thresholds: dict[str, Any] = field(default_factory=dict)
+    allowlist: Allowlist = field(default_factory=Allowlist)
+    params: dict[str, Any] = field(default_factory=dict)  # detector-specific data (lists...)
+    description: str = ""
+    enabled: bool = True
+    source: str = ""
+
+
+@dataclass
+class RuleSet:
+    rules: list[Rule]
+    allowlist: Allowlist
+    sources: list[str]
+
+    def by_id(self, rid: str) -> Rule | None:
+        return next((r for r in self.rules if r.id == rid), None)
+
+
+# --- YAML with line numbers ---------------------------------------------------
+
+def _construct(node: yaml.Node) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        return {_construct(k): _construct(v) for k, v in node.value}
+    if isinstance(node, yaml.SequenceNode):
+        return [_construct(v) for v in node.value]
+    loader = yaml.SafeLoader("")
+    return loader.construct_object(node)
+
+
+def _mapping(path: str, node: yaml.Node, where: str) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+    if not isinstance(node, yaml.MappingNode):
+        raise RuleError(path, node.start_mark.line + 1, f"{where}expected a mapping (key: value)")
+    out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+    for k, v in node.value:
+        if not isinstance(k, yaml.ScalarNode):
+            raise RuleError(path, k.start_mark.line + 1, f"{where}keys must be plain words")
+        if k.value in out:
+            raise RuleError(path, k.start_mark.line + 1, f"{where}{k.value}: key given twice")
+        out[k.value] = (k, v)
+    return out
+
+
+RULE_KEYS = {
+    "id", "title", "detector", "severity", "technique", "thresholds", "allowlist",
+    "params", "description", "enabled", "kind",
+}
+ALLOW_KEYS = {"domains", "processes", "resolvers", "clients"}
+
+
+def _str(path: str, key: str, node: yaml.Node) -> str:
+    if not isinstance(node, yaml.ScalarNode) or node.tag.endswith((":null",)) or node.value == "":
+        raise RuleError(path, node.start_mark.line + 1, f"{key}: expected text")
+    return str(node.value)
+
+
+def _str_list(path: str, key: str, node: yaml.Node) -> list[str]:
+    if not isinstance(node, yaml.SequenceNode):
+        raise RuleError(path, node.start_mark.line + 1, f"{key}: expected a list")
+    out = []
+    for item in node.value:
+        out.append(_str(path, key + "[]", item))
+    return out
+
+
+def _nets(path: str, key: str, node: yaml.Node) -> tuple[Any, ...]:
+    out = []
+    for item in node.value if isinstance(node, yaml.SequenceNode) else [node]:
+        s = _str(path, key, item)
+        try:
+            out.append(ipaddress.ip_network(s, strict=False))
+        except ValueError:
+            raise RuleError(
+                path, item.start_mark.line + 1, f"{key}: {s!r} is not an IP address or network"
+            ) from None
+    return tuple(out)
+
+
+def _allowlist(path: str, node: yaml.Node, where: str) -> Allowlist:
+    m = _mapping(path, node, where)
+    for k, (kn, _) in m.items():
+        if k not in ALLOW_KEYS:
+            raise RuleError(
+                path, kn.start_mark.line + 1,
+                f"{where}{k}: unknown key (allowed: {', '.join(sorted(ALLOW_KEYS))})",
+            )
+    doms = tuple(
+        d.lower().strip(".") for d in (_str_list(path, where + "domains", m["domains"][1])
+                                       if "domains" in m else [])
+    )
+    procs = frozenset(_str_list(path, where + "processes", m["processes"][1])
+                      if "processes" in m else [])
+    res = _nets(path, where + "resolvers", m["resolvers"][1]) if "resolvers" in m else ()
+    cli = _nets(path, where + "clients", m["clients"][1]) if "clients" in m else ()
+    return Allowlist(doms, procs, res, cli)
+
+
+def _rule(path: str, node: yaml.Node) -> Rule:
+    from detector.detect.base import detector_class, detector_names
+
+    m = _mapping(path, node, "")
+    for k, (kn, _) in m.items():
+        if k not in RULE_KEYS:
+            raise RuleError(path, kn.start_mark.line + 1,
+                            f"{k}: unknown key (allowed: {', '.join(sorted(RULE_KEYS - {'kind'}))})")
+    for req in ("id", "title", "detector", "severity", "technique"):
+        if req not in m:
+            raise RuleError(path, node.start_mark.line + 1, f"missing required key {req!r}")
+    rid = _str(path, "id", m["id"][1])
+    det = _str(path, "detector", m["detector"][1])
+    cls = detector_class(det)
+    if cls is None:
+        raise RuleError(path, m["detector"][1].start_mark.line + 1,
+                        f"detector: unknown detector {det!r} (known: {', '.join(detector_names())})")
+    sev = _str(path, "severity", m["severity"][1])
+    if sev not in SEVERITIES:
+        raise RuleError(path, m["severity"][1].start_mark.line + 1,
+                        f"severity: {sev!r} is not one of {', '.join(SEVERITIES)}")
+    tn = m["technique"][1]
+    tm = _mapping(path, tn, "technique.")
+    if "id" not in tm:
+        raise RuleError(path, tn.start_mark.line + 1, "technique: needs an id such as T1071.004")
+    tid = _str(path, "technique.id", tm["id"][1])
+    if not (tid.startswith("T") and tid[1:5].isdigit()):
+        raise RuleError(path, tm["id"][1].start_mark.line + 1,
+                        f"technique.id: {tid!r} is not a MITRE ATT&CK id like T1071.004")
+    tname = _str(path, "technique.name", tm["name"][1]) if "name" in tm else ""
+    thresholds: dict[str, Any] = {}
+    if "thresholds" in m:
+        for k, (kn, vn) in _mapping(path, m["thresholds"][1], "thresholds.").items():
+            if k not in cls.params:
+                known = ", ".join(sorted(cls.params)) or "none"
+                raise RuleError(path, kn.start_mark.line + 1,
+                                f"thresholds.{k}: detector {det!r} has no such threshold (known: {known})")
+            v = _construct(vn)
+            default = cls.params[k]
+            if isinstance(default, (int, float)) and not isinstance(default, bool):
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise RuleError(path, vn.start_mark.line + 1,
+                                    f"thresholds.{k}: expected a number, got {v!r}")
+                if v < 0:
+                    raise RuleError(path, vn.start_mark.line + 1,
+                                    f"thresholds.{k}: must not be negative, got {v!r}")
+            elif isinstance(default, bool) and not isinstance(v, bool):
+                raise RuleError(path, vn.start_mark.line + 1,
+                                f"thresholds.{k}: expected true or false, got {v!r}")
+            elif isinstance(default, (list, tuple)) and not isinstance(v, list):
+                raise RuleError(path, vn.start_mark.line + 1, f"thresholds.{k}: expected a list")
+            thresholds[k] = v
+    allow = _allowlist(path, m["allowlist"][1], "allowlist.") if "allowlist" in m else Allowlist()
+    params = _construct(m["params"][1]) if "params" in m else {}
+    if not isinstance(params, dict):
+        raise RuleError(path, m["params"][1].start_mark.line + 1, "params: expected a mapping")
+    enabled = True
+    if "enabled" in m:
+        enabled = _construct(m["enabled"][1])
+        if not isinstance(enabled, bool):
+            raise RuleError(path, m["enabled"][1].start_mark.line + 1, "enabled: expected true or false")
+    desc = _str(path, "description", m["description"][1]) if "description" in m else ""
+    rule = Rule(rid, _str(path, "title", m["title"][1]), det, sev, tid, tname, thresholds,
+                allow, params, desc, enabled, path)
+    check = getattr(cls, "check_rule", None)
+    if check is not None:
+        problem = check(rule)
+        if problem:
+            raise RuleError(path, node.start_mark.line + 1, problem)
+    return rule
+
+
+def load_rules(paths: list[str | os.PathLike[str]] | None = None) -> RuleSet:
+    """Load rule files or folders (default: the rules/ folder of this checkout)."""
+    files: list[Path] = []
+    for p in [Path(x) for x in (paths or [default_rules_dir()])]:
+        if p.is_dir():
+            files.extend(sorted(q for q in p.iterdir() if q.suffix in (".yaml", ".yml")))
+        elif p.exists():
+            files.append(p)
+        else:
+            raise RuleError(str(p), 0, "no such rule file or folder")
+    rules: list[Rule] = []
+    allow = Allowlist()
+    seen: dict[str, str] = {}
+    for f in files:
+        path = str(f)
+        try:
+            text = f.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise RuleError(path, 0, f"cannot read: {e}") from None
+        try:
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = mark.line + 1 if mark else 0
+            raise RuleError(path, line, f"not valid YAML: {getattr(e, 'problem', e)}") from None
+        if node is None:
+            raise RuleError(path, 1, "empty rule file")
+        m = _mapping(path, node, "")
+        kind = m.get("kind")
+        if kind is not None and kind[1].value == "allowlist":
+            for k, (kn, _) in m.items():
+                if k not in ALLOW_KEYS | {"kind", "description"}:
+                    raise RuleError(path, kn.start_mark.line + 1,
+                                    f"{k}: unknown key in an allowlist file")
+            sub = yaml.MappingNode("tag:yaml.org,2002:map",
+                                   [(k, v) for k, v in node.value if k.value in ALLOW_KEYS],
+                                   node.start_mark, node.end_mark)
+            allow = allow.merged(_allowlist(path, sub, ""))
+            continue
+        if kind is not None and kind[1].value != "rule":
+            raise RuleError(path, kind[1].start_mark.line + 1,
+                            f"kind: {kind[1].value!r} is not 'rule' or 'allowlist'")
+        rule = _rule(path, node)
+        if rule.id in seen:
+            raise RuleError(path, m["id"][1].start_mark.line + 1,
+                            f"id: {rule.id!r} is already used by {seen[rule.id]}")
+        seen[rule.id] = path
+        rules.append(rule)
+    return RuleSet(rules, allow, [str(f) for f in files])
+
+
+def default_rules_dir() -> Path:
+    env = os.environ.get("DETECTOR_RULES")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent.parent / "rules"
+    if here.is_dir():
+        return here
+    return Path(__file__).resolve().parent / "data" / "rules"
