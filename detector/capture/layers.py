@@ -22,11 +22,13 @@ from detector.events import DnsEvent
 # Link types (https://www.tcpdump.org/linktypes.html)
 LT_NULL, LT_ETHERNET, LT_PPP, LT_RAW, LT_RAW_OLD, LT_RAW_OLD2 = 0, 1, 9, 101, 12, 14
 LT_PPP_HDLC, LT_LOOP, LT_SLL, LT_IPV4, LT_IPV6, LT_SLL2 = 50, 108, 113, 228, 229, 276
+LT_80211, LT_RADIOTAP, LT_PKTAP = 105, 127, 258
 SUPPORTED_LINKTYPES = {
     LT_NULL: "BSD loopback", LT_ETHERNET: "Ethernet", LT_PPP: "PPP", LT_RAW: "raw IP",
     LT_RAW_OLD: "raw IP", LT_RAW_OLD2: "raw IP", LT_PPP_HDLC: "PPP in HDLC framing",
     LT_LOOP: "OpenBSD loopback", LT_SLL: "Linux cooked (SLL)", LT_IPV4: "raw IPv4",
-    LT_IPV6: "raw IPv6", LT_SLL2: "Linux cooked v2 (SLL2)",
+    LT_IPV6: "raw IPv6", LT_SLL2: "Linux cooked v2 (SLL2)", LT_80211: "802.11",
+    LT_RADIOTAP: "802.11 with radiotap", LT_PKTAP: "Apple PKTAP",
 }
 
 DEFAULT_PORTS = frozenset({53, 5353, 5355})
@@ -143,12 +145,43 @@ class PacketDecoder:
                     self._ip(ts, data, off + 2, out, 0)
                 else:
                     self.stats["not_ip"] += 1
+            elif linktype == LT_RADIOTAP:
+                self._wlan(ts, data, data[2] | (data[3] << 8), out)
+            elif linktype == LT_80211:
+                self._wlan(ts, data, 0, out)
+            elif linktype == LT_PKTAP:
+                hlen, inner = struct.unpack_from("<II", data, 0)
+                if inner == LT_PKTAP or hlen < 8:
+                    self.stats["truncated_packet"] += 1
+                else:
+                    return self._inner(ts, inner, data[hlen:], out)
             else:
                 self.unknown_linktypes[linktype] += 1
                 self.stats["unknown_linktype"] += 1
         except (struct.error, IndexError, ValueError, OSError):
             self.stats["truncated_packet"] += 1
         return out
+
+    def _inner(self, ts: float, linktype: int, data: bytes, out: list) -> list[DnsEvent]:
+        self.packets -= 1  # the same packet, seen through an outer header
+        out.extend(self.frame(ts, linktype, data))
+        return out
+
+    def _wlan(self, ts: float, d: bytes, off: int, out: list) -> None:
+        fc = d[off]
+        if (fc >> 2) & 3 != 2:  # not a data frame
+            self.stats["not_ip"] += 1
+            return
+        flags = d[off + 1]
+        if flags & 0x40:  # protected: encrypted payload
+            self.stats["not_ip"] += 1
+            return
+        hl = 24 + (6 if flags & 3 == 3 else 0) + (2 if fc & 0x80 else 0)  # 4-address, QoS
+        p = off + hl
+        if d[p:p + 6] == b"\xaa\xaa\x03\x00\x00\x00":
+            self._ethertype(ts, (d[p + 6] << 8) | d[p + 7], d, p + 8, out, 0)
+        else:
+            self.stats["not_ip"] += 1
 
     def flush(self) -> list[DnsEvent]:
         """End of input: emit DNS messages held behind TCP holes."""
@@ -168,6 +201,12 @@ class PacketDecoder:
             off += 4
         if et == ETH_IP4 or et == ETH_IP6:
             self._ip(ts, d, off, out, depth)
+        elif et == 0x8864:  # PPPoE session: 6-byte header, then the PPP protocol
+            proto = (d[off + 6] << 8) | d[off + 7]
+            if proto in (0x0021, 0x0057):
+                self._ip(ts, d, off + 8, out, depth)
+            else:
+                self.stats["not_ip"] += 1
         elif et == ETH_TEB and depth < MAX_DEPTH:
             self._ether(ts, d, off, out, depth + 1)
         else:

@@ -93,8 +93,17 @@ class TcpDnsReassembler:
                 return
             payload = payload[back:]
             rel = 0
-        if rel > 0:  # a hole before this segment: hold it
-            if seq not in st.ooo:
+        if rel > 0:  # a hole before this segment
+            if seq in st.ooo:
+                return
+            msgs = _whole_messages(payload)
+            if msgs is not None:
+                # The segment holds whole messages: emit them now (the hole may be a
+                # lost packet that never comes) and remember to skip these bytes
+                # if the missing data arrives after all.
+                out.extend(msgs)
+                st.ooo[seq] = len(payload)
+            else:
                 st.ooo[seq] = payload
                 st.ooo_bytes += len(payload)
             if len(st.ooo) > self.max_ooo_segments or st.ooo_bytes > self.max_pending:
@@ -113,11 +122,20 @@ class TcpDnsReassembler:
                 rel = (s - st.next_seq) & 0xFFFFFFFF
                 if rel == 0 or rel >= 0x80000000:
                     p = st.ooo.pop(s)
-                    st.ooo_bytes -= len(p)
                     back = 0 if rel == 0 else 0x100000000 - rel
-                    if back < len(p):
-                        st.buf += p[back:]
-                        st.next_seq = (st.next_seq + len(p) - back) & 0xFFFFFFFF
+                    if type(p) is int:  # already emitted: skip its bytes
+                        if back < p:
+                            if st.buf:  # a message cut by the hole can't complete
+                                st.buf.clear()
+                                st.synced = False
+                            st.next_seq = (st.next_seq + p - back) & 0xFFFFFFFF
+                            if not st.synced:
+                                st.synced = True  # emitted data ended on a boundary
+                    else:
+                        st.ooo_bytes -= len(p)
+                        if back < len(p):
+                            st.buf += p[back:]
+                            st.next_seq = (st.next_seq + len(p) - back) & 0xFFFFFFFF
                     progressed = True
             if not progressed:
                 return
@@ -171,3 +189,18 @@ class TcpDnsReassembler:
             buf.clear()
             st.synced = False
             self.gaps += 1
+
+
+def _whole_messages(p: bytes) -> list[bytes] | None:
+    """The messages in ``p`` if it is exactly a run of whole length-prefixed ones."""
+    msgs = []
+    i, n = 0, len(p)
+    while i < n:
+        if not plausible_prefix(p, i):
+            return None
+        ln = (p[i] << 8) | p[i + 1]
+        if i + 2 + ln > n:
+            return None
+        msgs.append(bytes(p[i + 2:i + 2 + ln]))
+        i += 2 + ln
+    return msgs or None

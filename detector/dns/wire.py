@@ -209,31 +209,37 @@ def decode(
         raise DnsParseError("short_header", f"{n} bytes")
     mid, flags, qd, an, ns, ar = _HDR.unpack_from(buf, 0)
     off = 12
-    questions = []
+    questions: list[Question] = []
     local: dict[int, str] = {}  # names decoded in this message, by offset (pointer targets)
-    for _ in range(qd):
-        # Fast path: an uncompressed name seen before decodes from the cache.
-        z = buf.find(b"\0", off)
-        raw = buf[off:z + 1] if z > 0 else b""
-        name = _NAMES.get(raw)
-        if name is not None:
-            local[off] = name
-            off = z + 1
-        else:
-            start = off
-            name, off = read_name(buf, off)
-            local[start] = name
-            if off == z + 1:  # no pointer inside: safe to cache by its bytes
-                if len(_NAMES) > 200_000:
-                    _NAMES.clear()
-                _NAMES[raw] = name
-        if off + 4 > n:
-            raise DnsParseError("truncated_question")
-        qt, qc = _QT.unpack_from(buf, off)
-        off += 4
-        questions.append(Question(name, qt, qc))
     ev = DnsEvent(ts, transport, ip_version, src_ip, src_port, dst_ip, dst_port, mid, flags,
                   flags & 0xF, questions, [], an, ns, ar, n)
+    try:
+        for _ in range(qd):
+            # Fast path: an uncompressed name seen before decodes from the cache.
+            z = buf.find(b"\0", off)
+            raw = buf[off:z + 1] if z > 0 else b""
+            name = _NAMES.get(raw)
+            if name is not None:
+                local[off] = name
+                off = z + 1
+            else:
+                start = off
+                name, off = read_name(buf, off)
+                local[start] = name
+                if off == z + 1:  # no pointer inside: safe to cache by its bytes
+                    if len(_NAMES) > 200_000:
+                        _NAMES.clear()
+                    _NAMES[raw] = name
+            if off + 4 > n:
+                raise DnsParseError("truncated_question")
+            qt, qc = _QT.unpack_from(buf, off)
+            off += 4
+            questions.append(Question(name, qt, qc))
+    except DnsParseError as e:
+        # Keep the header and the questions read so far: the message is still
+        # evidence (junk requests and broken names are what attackers send).
+        ev.malformed = e.kind
+        return ev
     if not (an or ns or ar):
         return ev
     try:
