@@ -4,7 +4,6 @@ link types, bad input. Uses ../shared/data/pcap and ../shared/data/tunnel."""
 from __future__ import annotations
 
 import random
-import struct
 from collections import Counter
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 from conftest import json_lines, run_detector
 from detector.capture.layers import PacketDecoder
 from detector.capture.pcap import CaptureError, PcapReader
+from detector.capture.pcapwrite import write_pcap
 from detector.pipeline.run import Pipeline
 from detector.ruleset import load_rules
 from oracle import compare
@@ -31,14 +31,6 @@ def decode_file(path: Path, ports=frozenset({53, 5353, 5355})) -> tuple[list, Pa
         evs.extend(dec.frame(ts, lt, frame))
     evs.extend(dec.flush())
     return evs, dec, reader
-
-
-def write_pcap(path: Path, linktype: int, frames: list[tuple[float, bytes]]) -> None:
-    with open(path, "wb") as f:
-        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, linktype))
-        for ts, data in frames:
-            f.write(struct.pack("<IIII", int(ts), int(round((ts % 1) * 1e6)), len(data), len(data)))
-            f.write(data)
 
 
 def test_every_capture_replays_through_the_whole_pipeline(data):

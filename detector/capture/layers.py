@@ -122,6 +122,18 @@ class PacketDecoder:
             self._last_expire = ts
         try:
             if linktype == LT_ETHERNET:
+                # Fast path: Ethernet, IPv4 without options or fragments, UDP to a DNS port.
+                if data[12] == 8 and data[13] == 0 and data[14] == 0x45 and data[23] == 17 \
+                        and not (data[20] & 0x3F or data[21]):
+                    sport = (data[34] << 8) | data[35]
+                    dport = (data[36] << 8) | data[37]
+                    if dport in self.ports or sport in self.ports:
+                        end = 14 + ((data[16] << 8) | data[17])
+                        ulen = (data[38] << 8) | data[39]
+                        if 8 <= ulen <= end - 34 and end <= len(data):
+                            self._dns(ts, "udp", 4, _ntoa(data[26:30]), sport, _ntoa(data[30:34]),
+                                      dport, data[42:34 + ulen], out)
+                            return out
                 self._ether(ts, data, 0, out, 0)
             elif linktype in (LT_RAW, LT_RAW_OLD, LT_RAW_OLD2, LT_IPV4, LT_IPV6):
                 self._ip(ts, data, 0, out, 0)

@@ -25,6 +25,7 @@ _RR = struct.Struct("!HHIH")
 _QT = struct.Struct("!HH")
 _H = struct.Struct("!H")
 _inet_ntop = socket.inet_ntop
+_ntoa = socket.inet_ntoa
 _AF6 = socket.AF_INET6
 _AF4 = socket.AF_INET
 _Z = b"\0"
@@ -245,21 +246,31 @@ def decode(
     try:
         answers = ev.answers
         for i in range(an):
-            c = buf[off] if off < n else 0
-            if c >= 0xC0 and off + 1 < n and (((c & 0x3F) << 8) | buf[off + 1]) in local:
-                name = local[((c & 0x3F) << 8) | buf[off + 1]]
-                off += 2
+            c = buf[off]
+            if c >= 0xC0:  # the usual case: a pointer to the question name
+                name = local.get(((c & 0x3F) << 8) | buf[off + 1])
+                if name is None:
+                    name, off = read_name(buf, off)
+                else:
+                    off += 2
             else:
                 name, off = read_name(buf, off)
             if off + 10 > n:
                 raise DnsParseError("truncated_record")
             rtype, cls, ttl, rdlen = _RR.unpack_from(buf, off)
             off += 10
-            if off + rdlen > n:
+            end = off + rdlen
+            if end > n:
                 raise DnsParseError("truncated_record")
             if i < max_answers:
-                answers.append(Answer(name, rtype, ttl, _rdata(buf, rtype, off, rdlen), rdlen))
-            off += rdlen
+                if rtype == 1 and rdlen == 4:
+                    data = _ntoa(buf[off:end])
+                elif rtype == 28 and rdlen == 16:
+                    data = _inet_ntop(_AF6, buf[off:end])
+                else:
+                    data = _rdata(buf, rtype, off, rdlen)
+                answers.append(Answer(name, rtype, ttl, data, rdlen))
+            off = end
         for _ in range(ns):
             off = skip_name(buf, off)
             if off + 10 > n:
@@ -279,6 +290,8 @@ def decode(
             raise DnsParseError("truncated_record")
     except DnsParseError as e:
         ev.malformed = e.kind
-    except (struct.error, ValueError, IndexError):
+    except IndexError:
+        ev.malformed = "truncated_record"
+    except (struct.error, ValueError):
         ev.malformed = "bad_rdata"
     return ev
