@@ -1,7 +1,8 @@
 """Pair each response with its query; report latency and unanswered queries.
 
 A query is keyed by (client address, client port, server address, server
-port, DNS id, first question name). A response with the same key completes
+port, DNS id, first question name as sent: responses echo it byte for byte,
+0x20 case randomisation included). A response with the same key completes
 it: the response event gets ``latency`` (seconds) and ``kind = "response"``.
 A query with no response within ``timeout`` seconds of capture time yields a
 copy of the query with ``kind = "unanswered"`` and ``latency = timeout``.
@@ -17,6 +18,9 @@ import copy
 from detector.events import QUERY, RESPONSE, UNANSWERED, DnsEvent
 
 
+_INF = float("inf")
+
+
 class Correlator:
     def __init__(self, timeout: float = 5.0, max_pending: int = 200_000) -> None:
         self.timeout = timeout
@@ -28,14 +32,15 @@ class Correlator:
         self.duplicates = 0  # retransmitted queries
         self.latency_sum = 0.0
         self.open_at_end = 0
+        self.next_expire = _INF  # no pending query can expire before this time
 
-    def process(self, ev: DnsEvent) -> list[DnsEvent]:
-        """Return the events to pass on: expired queries first, then ``ev``."""
-        out = self.expire(ev.ts) if self.pending else []
-        q = ev.questions[0].name.lower() if ev.questions else ""
+    def pair(self, ev: DnsEvent) -> DnsEvent | None:
+        """Mark ``ev`` as query or response and pair it. Returns an unanswered
+        event when the pending table overflowed, else None. Call
+        :meth:`expire` first when ``ev.ts >= self.next_expire``."""
+        q = ev.questions[0].name if ev.questions else ""
         if ev.flags & 0x8000:  # response
-            key = (ev.dst_ip, ev.dst_port, ev.src_ip, ev.src_port, ev.id, q)
-            query = self.pending.pop(key, None)
+            query = self.pending.pop((ev.dst_ip, ev.dst_port, ev.src_ip, ev.src_port, ev.id, q), None)
             ev.kind = RESPONSE
             if query is not None:
                 lat = ev.ts - query.ts
@@ -46,15 +51,26 @@ class Correlator:
                     ev.process = query.process
             else:
                 self.unsolicited += 1
-        else:
-            ev.kind = QUERY
-            key = (ev.src_ip, ev.src_port, ev.dst_ip, ev.dst_port, ev.id, q)
-            if key in self.pending:
-                self.duplicates += 1
-            else:
-                self.pending[key] = ev
-                if len(self.pending) > self.max_pending:
-                    out.extend(self._expire_one())
+            return None
+        ev.kind = QUERY
+        key = (ev.src_ip, ev.src_port, ev.dst_ip, ev.dst_port, ev.id, q)
+        pending = self.pending
+        if key in pending:
+            self.duplicates += 1
+            return None
+        if not pending:
+            self.next_expire = ev.ts + self.timeout
+        pending[key] = ev
+        if len(pending) > self.max_pending:
+            return self._expire_one()
+        return None
+
+    def process(self, ev: DnsEvent) -> list[DnsEvent]:
+        """Return the events to pass on: expired queries first, then ``ev``."""
+        out = self.expire(ev.ts) if ev.ts >= self.next_expire else []
+        extra = self.pair(ev)
+        if extra is not None:
+            out.append(extra)
         out.append(ev)
         return out
 
@@ -66,14 +82,16 @@ class Correlator:
             key = next(iter(pending))
             q = pending[key]
             if q.ts > limit:
-                break
+                self.next_expire = q.ts + self.timeout
+                return out
             del pending[key]
             out.append(self._unanswered(q))
+        self.next_expire = _INF
         return out
 
-    def _expire_one(self) -> list[DnsEvent]:
+    def _expire_one(self) -> DnsEvent:
         key = next(iter(self.pending))
-        return [self._unanswered(self.pending.pop(key))]
+        return self._unanswered(self.pending.pop(key))
 
     def _unanswered(self, q: DnsEvent) -> DnsEvent:
         u = copy.copy(q)

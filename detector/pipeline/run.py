@@ -84,8 +84,14 @@ class Pipeline:
     # --- input ----------------------------------------------------------------
     def process(self, ev: DnsEvent) -> None:
         """Feed one decoded DNS message (query or response)."""
-        for e in self.correlator.process(ev):
-            self._handle(e)
+        c = self.correlator
+        if ev.ts >= c.next_expire:
+            for u in c.expire(ev.ts):
+                self._handle(u)
+        extra = c.pair(ev)
+        if extra is not None:
+            self._handle(extra)
+        self._handle(ev)
 
     def process_conn(self, conn: object) -> None:
         """Feed a non-DNS connection record (DoT, DoH) to detectors that want it."""
