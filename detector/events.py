@@ -173,6 +173,24 @@ class Finding:
     count: int = 1  # events this finding stands for (set by dedup)
 
 
+@dataclass(slots=True)
+class ConnEvent:
+    """A connection that may carry DNS we cannot read: DoT (853) or DoH (443).
+
+    The packet layers emit one per TCP SYN (or first UDP datagram) to a watched
+    port; live capture emits one per connect() with the process behind it.
+    """
+
+    ts: float
+    transport: str  # "udp" | "tcp"
+    ip_version: int
+    src_ip: str
+    src_port: int
+    dst_ip: str
+    dst_port: int
+    process: ProcessInfo | None = None
+
+
 # --- compact wire form (dns-events topic) -------------------------------------
 
 def event_to_wire(ev: DnsEvent) -> dict[str, Any]:

@@ -176,12 +176,9 @@ def _conn_handler(pipe):
     """Hand DoT/DoH connection starts to the resolver detector when it is loaded."""
     if not pipe._conn_detectors:
         return None
-    try:
-        from detector.detect.resolvers import ConnEvent
-    except ImportError:
-        return None
+    from detector.events import ConnEvent
 
     def on_conn(ts, transport, ipv, src, sport, dst, dport):
-        pipe.process_conn(ConnEvent(ts, transport, ipv, src, sport, dst, dport, None, None))
+        pipe.process_conn(ConnEvent(ts, transport, ipv, src, sport, dst, dport))
 
     return on_conn

@@ -1,0 +1,79 @@
+"""Denylist: alert on any query for a listed domain (or any name under it).
+
+The simplest detector, and the template for new ones: a rule lists domains in
+``params.domains`` (and/or a file of them in ``params.files``, one per line,
+``#`` comments), and every query whose name is one of them, or under one of
+them, raises a finding with score 1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from detector.detect.base import Detector, entity_of, register
+from detector.events import DnsEvent, Finding
+
+
+@register
+class Denylist(Detector):
+    name = "denylist"
+    params = {}
+    kinds = frozenset({"query"})
+
+    def __init__(self, rule, rules) -> None:
+        super().__init__(rule, rules)
+        self.domains = frozenset(_names(rule))
+
+    @staticmethod
+    def check_rule(rule) -> str | None:
+        try:
+            names = _names(rule)
+        except (OSError, UnicodeDecodeError) as e:
+            return f"params.files: cannot read: {e}"
+        except TypeError as e:
+            return f"params: {e}"
+        if not names:
+            return "params.domains: a denylist rule needs at least one domain (or params.files)"
+        return None
+
+    def process(self, ev: DnsEvent) -> list[Finding]:
+        name = ev.qname.lower().rstrip(".")
+        if not name:
+            return []
+        hit = None
+        doms = self.domains
+        if name in doms:
+            hit = name
+        else:
+            i = name.find(".")
+            while i >= 0:
+                tail = name[i + 1:]
+                if tail in doms:
+                    hit = tail
+                    break
+                i = name.find(".", i + 1)
+        if hit is None or self.allowed(ev):
+            return []
+        return [self.finding(
+            ev, score=1.0, entity=entity_of(ev), domain=ev.registered_domain or hit,
+            features={"listed": hit, "qtype": ev.qtype},
+            reason=f"query for {name}, which is under the denylisted {hit}")]
+
+
+def _names(rule) -> list[str]:
+    p = rule.params
+    doms = p.get("domains", []) or []
+    if not isinstance(doms, list):
+        raise TypeError("domains: expected a list of names")
+    out = [str(d).lower().strip(".") for d in doms if str(d).strip(".")]
+    files = p.get("files", []) or []
+    if not isinstance(files, list):
+        raise TypeError("files: expected a list of paths")
+    base = Path(rule.source).parent if rule.source else Path(".")
+    for f in files:
+        path = Path(f) if Path(f).is_absolute() else base / f
+        for line in path.read_text(encoding="utf-8").splitlines():
+            line = line.split("#", 1)[0].strip().lower().strip(".")
+            if line:
+                out.append(line)
+    return out
