@@ -15,6 +15,7 @@ outside printable ASCII are escaped as ``\\DDD`` and a dot inside a label as
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 
@@ -295,3 +296,16 @@ def decode(
     except (struct.error, ValueError):
         ev.malformed = "bad_rdata"
     return ev
+
+
+# The C twin of decode() (detector/dns/_cwire.c), when it was built: same output,
+# about 4x faster. DETECTOR_PURE_PYTHON=1 forces this module's decoder.
+py_decode = decode
+if not os.environ.get("DETECTOR_PURE_PYTHON"):
+    try:
+        from detector.dns import _cwire
+    except ImportError:  # no compiler at install time: pure Python it is
+        _cwire = None
+    else:
+        _cwire.setup(DnsEvent, Question, Answer, Edns, DnsParseError)
+        decode = _cwire.decode  # noqa: F811
