@@ -55,6 +55,7 @@ class Pipeline:
         suppress_window: float = 600.0,
         on_alert: Callable[[dict], None] | None = None,
         latency: object | None = None,
+        observers: Iterable[Callable[[DnsEvent], None]] = (),
     ) -> None:
         self.rules = rules
         self.alert_sinks = list(alert_sinks)
@@ -65,6 +66,7 @@ class Pipeline:
         self.stats = PipelineStats()
         self.on_alert = on_alert
         self.latency = latency  # optional histogram with observe(resolver, seconds)
+        self.observers = list(observers)  # see every enriched event (detector top)
         self.detectors: list[Detector] = []
         for rule in rules.rules:
             if not rule.enabled:
@@ -146,6 +148,8 @@ class Pipeline:
             self._tick(ts)
         for s in self.event_sinks:
             s.write(render_event(e, self.fmt), e.registered_domain)
+        for o in self.observers:
+            o(e)
         for d in self._by_kind[kind]:
             try:
                 fs = d.process(e)

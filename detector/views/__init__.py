@@ -1,0 +1,1 @@
+"""Human views over the event stream (``detector top``)."""
