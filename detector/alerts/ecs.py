@@ -40,6 +40,18 @@ _FLAG_NAMES = ((0x0400, "AA"), (0x0200, "TC"), (0x0100, "RD"), (0x0080, "RA"),
                (0x0020, "AD"), (0x0010, "CD"))
 
 
+_FLAGS_CACHE: dict[int, list[str]] = {}
+
+
+def header_flags(flags: int) -> list[str]:
+    """["AA", "RD", ...] for a flags word (cached per distinct word; callers copy if they mutate)."""
+    k = flags & 0x07F0
+    r = _FLAGS_CACHE.get(k)
+    if r is None:
+        r = _FLAGS_CACHE[k] = [n for bit, n in _FLAG_NAMES if flags & bit]
+    return list(r)
+
+
 def qtype_name(t: int) -> str:
     return QTYPES.get(t) or f"TYPE{t}"
 
@@ -58,7 +70,7 @@ def dns_fields(ev: DnsEvent) -> dict[str, Any]:
         "id": ev.id,
         "type": "answer" if ev.flags & 0x8000 else "query",
         "op_code": OPCODES.get(ev.opcode, str(ev.opcode)),
-        "header_flags": [n for bit, n in _FLAG_NAMES if ev.flags & bit],
+        "header_flags": header_flags(ev.flags),
     }
     if ev.flags & 0x8000:
         d["response_code"] = rcode_name(ev.rcode)

