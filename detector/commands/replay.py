@@ -123,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
                 if not n & 0x3FFF:
                     progress.show(path, reader.offset, reader.size, dec.packets, pipe.stats.alerts, t0)
             for ev in dec.flush():
+                if publisher is not None:
+                    publisher.publish(ev)
                 process(ev)
             if reader.truncated:
                 truncated.append(f"{path}: {reader.truncated_detail}")

@@ -1,0 +1,357 @@
+"""Kafka outputs: alerts to ``dns-alerts`` (:class:`KafkaSink`) and raw DNS
+events to ``dns-events`` (:class:`EventPublisher`), through kafka-python.
+
+Delivery: acks=all, retries, idempotence (tansu and Apache Kafka both accept
+it), a small linger. Alerts are never lost: a record the broker does not ack
+(down at start, killed mid-run, timed out) goes to the on-disk spool
+(:mod:`detector.sinks.spool`); while records wait there, new ones queue behind
+them so order is kept; every ``PROBE_INTERVAL`` s the sink probes the broker
+and, once it answers, re-sends the spool oldest first, deleting segments only
+after they were acked. A later run drains what an earlier one left. Nothing
+blocks for long: ``max_block_ms``, ``request_timeout_ms`` and ``delivery_timeout_ms``
+bound every call, and ``close()`` is bounded too.
+
+Keys: alerts are keyed by registered domain. Events are keyed by registered
+domain as well, so that a domain's queries, responses and windows (DGA,
+tunneling per domain) land on one partition and therefore one consumer of
+the group; a client's windows that span domains (e.g. NXDOMAIN bursts)
+are per partition, see docs in detector/commands/consume.py.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import sys
+import time
+from collections import deque
+from typing import Any
+
+from detector import errors
+from detector.errors import DetectorError
+from detector.kafkaconf import KafkaConfig
+from detector.sinks.base import Sink
+from detector.sinks.spool import Spool, SpoolError, SpoolFull
+
+log = logging.getLogger(__name__)
+
+PROBE_INTERVAL = 2.0  # seconds between broker probes while spooling
+REAP_EVERY = 512  # check delivery futures every N sends
+DRAIN_CHUNK = 2000
+FLUSH_TIMEOUT = 10.0  # bound on one flush; unacked records then go to the spool
+
+ACTIVE: list[ReliableProducer] = []  # every producer this process made (metrics)
+
+
+def _dumps(v: Any) -> bytes:
+    return json.dumps(v, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _key(k: str | bytes | None) -> bytes | None:
+    if k is None or k == "":
+        return None
+    return k if isinstance(k, bytes) else str(k).encode()
+
+
+def _warn(msg: str) -> None:
+    print(f"detector: warning: {msg}", file=sys.stderr, flush=True)
+
+
+class ReliableProducer(Sink):
+    """Produce JSON records to one topic; spool what the broker does not ack."""
+
+    def __init__(self, conf: KafkaConfig, topic: str, *, what: str = "alerts",
+                 linger_ms: int | None = None, batch_size: int | None = None) -> None:
+        self.conf = conf
+        self.topic = topic
+        self.what = what
+        self.name = f"kafka:{topic}"
+        self.sent = 0
+        self.spooled = 0
+        self.replayed = 0
+        self.failed = 0
+        self.send_errors = 0
+        self.spool_full = False
+        self._extra = {}
+        if linger_ms is not None:
+            self._extra["linger_ms"] = linger_ms
+        if batch_size is not None:
+            self._extra["batch_size"] = batch_size
+        try:
+            self.spool = Spool(conf.spool_dir, topic, conf.spool_max_bytes)
+        except SpoolError as e:
+            raise DetectorError(str(e), errors.SINK, "pass --spool-dir DIR (a writable folder)") from None
+        if log.getEffectiveLevel() > logging.DEBUG:
+            # kafka-python logs every refused connection; our own warnings say what matters
+            logging.getLogger("kafka").setLevel(logging.CRITICAL)
+        self.pending: deque[tuple[Any, Any, Any]] = deque()
+        self.producer = None
+        self.spooling = False
+        self._next_probe = 0.0
+        self._closed = False
+        self._warned_down = False
+        ACTIVE.append(self)
+        if self._connect():
+            if self.spool.records:
+                n = self.spool.records
+                self._recover(probe=False)
+                if not self.spooling:
+                    _warn(f"{self.topic}: re-sent {n:,} spooled record(s) from an earlier run")
+        else:
+            self._down("cannot connect")
+
+    # --- connection -----------------------------------------------------------------
+    def _connect(self) -> bool:
+        from kafka import KafkaProducer
+        from kafka.errors import KafkaConfigurationError, KafkaError
+
+        kw = self.conf.producer_kwargs()
+        kw.update(self._extra)
+        kw["bootstrap_timeout_ms"] = self.conf.max_block_ms
+        try:
+            self.producer = KafkaProducer(value_serializer=_dumps, key_serializer=_key, **kw)
+            return True
+        except KafkaConfigurationError as e:
+            raise DetectorError(f"bad Kafka configuration: {e}", errors.USAGE) from None
+        except (KafkaError, OSError, ValueError) as e:
+            log.debug("producer for %s: %s", self.conf.bootstrap, e)
+            self.producer = None
+            return False
+
+    def _reachable(self) -> bool:
+        for s in self.conf.servers:
+            host, _, port = s.rpartition(":")
+            try:
+                with socket.create_connection((host.strip("[]"), int(port)), timeout=0.5):
+                    return True
+            except OSError:
+                continue
+        return False
+
+    def _down(self, why: str) -> None:
+        if not self.spooling:
+            self.spooling = True
+            if not self._warned_down:
+                self._warned_down = True
+                _warn(f"Kafka {self.conf.bootstrap} unreachable or topic {self.topic} missing ({why}): "
+                      f"{self.what} go to the spool "
+                      f"{self.spool.dir} and are re-sent when it is back")
+        self._next_probe = time.monotonic() + PROBE_INTERVAL
+
+    # --- writing -------------------------------------------------------------------
+    def write(self, doc: dict[str, Any], key: str | None = None) -> None:
+        if self.spooling:
+            self._to_spool(key, doc)
+            if time.monotonic() >= self._next_probe:
+                self._recover()
+            return
+        from kafka.errors import KafkaError
+
+        try:
+            fut = self.producer.send(self.topic, value=doc, key=key)
+        except (KafkaError, OSError) as e:  # KafkaTimeoutError after max_block_ms: no metadata
+            self.send_errors += 1
+            self._down(type(e).__name__)
+            self._to_spool(key, doc)
+            return
+        self.pending.append((key, doc, fut))
+        if len(self.pending) >= REAP_EVERY:
+            self._reap(block=False)
+            # a backlog of unacked sends and a broker that refuses connections: stop
+            # piling up in memory, move them to the spool now
+            if len(self.pending) >= 4 * REAP_EVERY and time.monotonic() >= self._next_probe:
+                self._next_probe = time.monotonic() + 1.0
+                if not self._reachable():
+                    self._reap(block=True)
+
+    def _to_spool(self, key, doc) -> None:
+        try:
+            self.spool.append(key, doc)
+            self.spooled += 1
+        except SpoolFull as e:
+            self.failed += 1
+            if not self.spool_full or self.failed % 1000 == 1:
+                log.error("%s: record DROPPED (%d so far): %s", self.topic, self.failed, e)
+            self.spool_full = True
+        except OSError as e:
+            self.failed += 1
+            log.error("%s: cannot write the spool %s: %s: record DROPPED (%d so far)",
+                      self.topic, self.spool.dir, e, self.failed)
+
+    def _reap(self, block: bool) -> None:
+        """Account for finished sends, in order; failed ones go to the spool."""
+        if block and self.pending and self.producer is not None:
+            self._flush_bounded()
+        p = self.pending
+        while p:
+            key, doc, fut = p[0]
+            if not fut.is_done:
+                if not block:
+                    return
+                self.send_errors += 1
+                self._down("no ack in time")
+                self._to_spool(key, doc)
+            elif fut.succeeded():
+                self.sent += 1
+            else:
+                self.send_errors += 1
+                self._down(type(fut.exception).__name__)
+                self._to_spool(key, doc)
+            p.popleft()
+
+    def _flush_bounded(self) -> bool:
+        """Flush in short slices; give up early when the broker stops answering TCP."""
+        deadline = time.monotonic() + FLUSH_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                self.producer.flush(timeout=0.5)
+                return True
+            except Exception as e:  # noqa: BLE001  KafkaTimeoutError: not all acked yet
+                log.debug("flush: %s", e)
+            if not self._reachable():
+                return False
+        return False
+
+    def _recover(self, probe: bool = True) -> None:
+        """Broker back? re-send the spool oldest first, then send directly again."""
+        self._next_probe = time.monotonic() + PROBE_INTERVAL
+        if probe and not self._reachable():
+            return
+        self._reap(block=True)
+        # a fresh producer: the old one's idempotence state belongs to the broker that died
+        if self.producer is not None and self.spooling:
+            self._drop_producer()
+        if self.producer is None and not self._connect():
+            self._down("cannot connect")
+            return
+        self.spool.close()
+        before = self.spool.records
+        try:
+            self.replayed += self.spool.drain(self._send_batch)
+        except OSError as e:
+            log.error("spool %s: %s", self.spool.dir, e)
+        if self.spool.segments():
+            self._down("re-send incomplete")
+            if before:
+                log.info("%s: spool drain incomplete (%d left)", self.topic, self.spool.records)
+            return
+        self.spooling = False
+        self.spool_full = False
+        if self._warned_down:
+            _warn(f"Kafka {self.conf.bootstrap} is back: spooled {self.what} re-sent to {self.topic}")
+            self._warned_down = False
+
+    def _send_batch(self, records: list[tuple[str | None, Any]]) -> int:
+        """Send spooled records; return how many leading ones were acked."""
+        from kafka.errors import KafkaError
+
+        done = 0
+        for i in range(0, len(records), DRAIN_CHUNK):
+            chunk = records[i:i + DRAIN_CHUNK]
+            futs = []
+            try:
+                for k, v in chunk:
+                    futs.append(self.producer.send(self.topic, value=v, key=k))
+                self._flush_bounded()
+            except (KafkaError, OSError) as e:
+                log.debug("re-send: %s", e)
+            for f in futs:
+                if f.is_done and f.succeeded():
+                    done += 1
+                else:
+                    return done
+            if len(futs) < len(chunk):
+                return done
+        return done
+
+    def _drop_producer(self) -> None:
+        p, self.producer = self.producer, None
+        if p is None:
+            return
+        try:
+            p.close(timeout=1)
+            return
+        except Exception as e:  # noqa: BLE001  KafkaTimeoutError: records it could not deliver
+            log.debug("closing producer: %s", e)
+        # those records are already in the spool: close without sending them
+        sender = getattr(p, "_sender", None)
+        try:
+            if sender is not None:
+                sender.force_close()
+                sender.join(1)
+            p._unregister_cleanup()
+            p._closed = True
+        except Exception as e:  # noqa: BLE001
+            log.debug("force-closing producer: %s", e)
+
+    # --- lifecycle -----------------------------------------------------------------
+    def flush(self) -> None:
+        if self._closed:
+            return
+        self._reap(block=True)
+        if self.spooling and time.monotonic() >= self._next_probe:
+            self._recover()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._reap(block=True)
+        if self.spooling:
+            self._recover()
+        self._closed = True
+        self.spool.close()
+        self._drop_producer()
+        if self.spooling and self.spool.records:
+            _warn(f"{self.spool.records:,} {self.what} record(s) wait in the spool {self.spool.dir}; "
+                  f"the next run with --kafka re-sends them")
+        if self.failed:
+            log.error("%s: %d record(s) could not be delivered nor spooled (spool full or unwritable)",
+                      self.topic, self.failed)
+
+    def counters(self) -> dict[str, int]:
+        return {"sent": self.sent, "spooled": self.spooled, "replayed": self.replayed,
+                "failed": self.failed, "send_errors": self.send_errors,
+                "spool_depth": self.spool.records, "spool_bytes": self.spool._bytes}
+
+
+class KafkaSink(ReliableProducer):
+    """Alerts to the alerts topic (default ``dns-alerts``), keyed by registered domain."""
+
+    def __init__(self, conf: KafkaConfig) -> None:
+        super().__init__(conf, conf.alerts_topic, what="alerts")
+
+
+class EventPublisher:
+    """DNS events in the compact wire form to the events topic (``dns-events``).
+
+    Key: the registered domain (falls back to the client address for
+    nameless messages), so one domain's window state lives in one consumer.
+    """
+
+    def __init__(self, conf: KafkaConfig) -> None:
+        self.out = ReliableProducer(conf, conf.events_topic, what="events", linger_ms=20,
+                                    batch_size=256 * 1024)
+        self.published = 0
+
+    def publish(self, ev) -> None:
+        from detector.events import event_to_wire
+        from detector.pipeline.enrich import split_domain
+
+        key = ev.registered_domain
+        if not key and ev.questions:
+            ev.subdomain, ev.registered_domain, ev.suffix = split_domain(ev.questions[0].name)
+            key = ev.registered_domain
+        if not key:
+            key = ev.src_ip if ev.kind == "query" else ev.dst_ip
+        self.out.write(event_to_wire(ev), key)
+        self.published += 1
+
+    def flush(self) -> None:
+        self.out.flush()
+
+    def close(self) -> None:
+        self.out.close()
+
+    def counters(self) -> dict[str, int]:
+        return self.out.counters()
