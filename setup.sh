@@ -19,7 +19,7 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 warn() { printf '\033[33mwarning: %s\033[0m\n' "$*" >&2; }
 
 APT_PKGS=(python3-bpfcc libbpfcc tshark tcpdump bind9-dnsutils unbound dnsmasq-base
-          bind9 dnsperf iodine dns2tcp iproute2 util-linux)
+          bind9 dnsperf iodine dns2tcp iproute2 util-linux docker-compose)
 
 install_system() {
     if [ "$(id -u)" != 0 ]; then

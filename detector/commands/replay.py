@@ -92,6 +92,11 @@ def run(args: argparse.Namespace) -> int:
     pipe, _ = build_pipeline(args)
     conn = _conn_handler(pipe)
     dec = PacketDecoder(args.ports, on_conn=conn)
+    if getattr(args, "metrics_port", None):
+        from detector import metrics
+
+        metrics.register_source(lambda: {"packets": dec.packets, "dns_messages": dec.dns_messages,
+                                         **{f"skipped_{k}": v for k, v in dec.stats.items()}})
     progress = Progress(not (args.no_progress or args.quiet))
     t0 = time.monotonic()
     truncated: list[str] = []
