@@ -68,6 +68,11 @@ def suffix_depth(labels: list[str]) -> int:
     return best
 
 
+def known_suffix(suffix: str) -> bool:
+    """True when ``suffix`` is a public suffix of the bundled list (ICANN section)."""
+    return suffix in _RULES or suffix.partition(".")[2] in _WILD
+
+
 @lru_cache(maxsize=262144)
 def split_domain(name: str) -> tuple[str, str, str]:
     """Return (subdomain, registered_domain, suffix) for a DNS name.

@@ -1,0 +1,172 @@
+"""DNS health: p99 latency and failure rate per resolver and per process.
+
+Over tumbling windows of event time, for every resolver (server address) and
+every (entity, resolver) pair (entity = the process when known, else the
+client), the detector keeps a bounded latency sample and counts answered
+queries, SERVFAILs and timeouts ("unanswered" events from correlate).
+NXDOMAIN is an answer, not a failure. When a window closes with at least
+``min_samples`` queries:
+
+* p99 latency above ``p99_warn_ms`` is a warning (medium), above
+  ``p99_crit_ms`` critical;
+* failure rate (timeouts + SERVFAIL) above ``fail_warn`` is a warning,
+  above ``fail_crit`` critical.
+
+:meth:`Health.snapshot` gives the current per-resolver figures for metrics
+and ``detector top``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import OrderedDict
+
+from detector.detect.base import Detector, register
+from detector.events import DnsEvent, Finding
+
+SERVFAIL = 2
+SAMPLE = 2048  # latencies kept per key per window (reservoir)
+
+
+class _Win:
+    __slots__ = ("n", "fail", "servfail", "timeouts", "lat", "seen", "ev")
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.fail = 0
+        self.servfail = 0
+        self.timeouts = 0
+        self.lat: list[float] = []
+        self.seen = 0  # latencies offered to the reservoir
+        self.ev: DnsEvent | None = None
+
+    def p(self, q: float) -> float | None:
+        if not self.lat:
+            return None
+        s = sorted(self.lat)
+        return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
+
+
+@register
+class Health(Detector):
+    name = "health"
+    params = {
+        "window": 60.0,       # seconds
+        "min_samples": 20,    # queries in a window before judging it
+        "p99_warn_ms": 100,
+        "p99_crit_ms": 500,
+        "fail_warn": 0.01,    # failure rate (timeouts + SERVFAIL)
+        "fail_crit": 0.05,
+        "per_process": True,  # also judge each (process or client, resolver) pair
+        "max_keys": 20000,
+    }
+    kinds = frozenset({"response", "unanswered"})
+
+    def __init__(self, rule, rules) -> None:
+        super().__init__(rule, rules)
+        self.wins: OrderedDict[tuple[str, str], _Win] = OrderedDict()
+        self.start: float | None = None
+        self.rng = random.Random(0)
+        self.last: dict[str, dict] = {}  # resolver -> figures of the last closed window
+
+    def process(self, ev: DnsEvent) -> list[Finding]:
+        out: list[Finding] = []
+        if self.start is None:
+            self.start = ev.ts
+        elif ev.ts - self.start >= self.p["window"]:
+            out = self.tick(ev.ts)
+        srv = ev.server[0]
+        keys = [("", srv)]
+        if self.p["per_process"]:
+            p = ev.process
+            keys.append((f"{p.comm or '?'}[{p.pid}]" if p is not None and p.pid else ev.client[0], srv))
+        timeout = ev.kind == "unanswered"
+        for k in keys:
+            w = self.wins.get(k)
+            if w is None:
+                w = self.wins[k] = _Win()
+                if len(self.wins) > self.p["max_keys"]:
+                    self.wins.popitem(last=False)
+            w.n += 1
+            w.ev = ev
+            if timeout:
+                w.fail += 1
+                w.timeouts += 1
+                continue
+            if ev.rcode == SERVFAIL:
+                w.fail += 1
+                w.servfail += 1
+            if ev.latency is not None:
+                w.seen += 1
+                if len(w.lat) < SAMPLE:
+                    w.lat.append(ev.latency)
+                else:
+                    j = self.rng.randrange(w.seen)
+                    if j < SAMPLE:
+                        w.lat[j] = ev.latency
+        return out
+
+    def tick(self, now: float) -> list[Finding]:
+        if self.start is None or now - self.start < self.p["window"]:
+            return []
+        out: list[Finding] = []
+        wins, self.wins = self.wins, OrderedDict()
+        self.start = now
+        for (ent, srv), w in wins.items():
+            if not ent:
+                self.last[srv] = self._figures(w)
+            if w.n < self.p["min_samples"]:
+                continue
+            out.extend(self._judge(ent, srv, w, now))
+        if len(self.last) > self.p["max_keys"]:
+            self.last.clear()
+        return out
+
+    def close(self) -> list[Finding]:
+        return []  # the pipeline's final tick already closed the last window
+
+    def _figures(self, w: _Win) -> dict:
+        p50, p99 = w.p(0.5), w.p(0.99)
+        return {"count": w.n, "p50_ms": _ms(p50), "p99_ms": _ms(p99),
+                "failure_rate": round(w.fail / w.n, 4) if w.n else 0.0,
+                "timeouts": w.timeouts, "servfail": w.servfail}
+
+    def _judge(self, ent: str, srv: str, w: _Win, now: float) -> list[Finding]:
+        p = self.p
+        f = self._figures(w)
+        f["window_seconds"] = p["window"]
+        problems, sev = [], None
+        p99 = f["p99_ms"]
+        if p99 is not None and p99 > p["p99_warn_ms"]:
+            crit = p99 > p["p99_crit_ms"]
+            problems.append(f"p99 latency {p99:.0f} ms > {p['p99_crit_ms' if crit else 'p99_warn_ms']} ms")
+            sev = "critical" if crit else "medium"
+        fr = f["failure_rate"]
+        if fr > p["fail_warn"]:
+            crit = fr > p["fail_crit"]
+            problems.append(f"failure rate {fr:.1%} > {p['fail_crit' if crit else 'fail_warn']:.0%} "
+                            f"({w.timeouts} timeouts, {w.servfail} SERVFAIL of {w.n})")
+            if crit or sev is None:
+                sev = "critical" if crit else (sev or "medium")
+        if not problems:
+            return []
+        who = f"resolver {srv}" if not ent else f"{ent} via {srv}"
+        f["resolver"] = srv
+        f["scope"] = "resolver" if not ent else "process"
+        score = 0.9 if sev == "critical" else 0.6
+        return [self.finding(
+            w.ev, score=score, entity=ent or srv, domain=srv, features=f, severity=sev, ts=now,
+            reason=f"{who}: " + "; ".join(problems) + f" over {p['window']:.0f} s")]
+
+    def snapshot(self) -> dict[str, dict]:
+        """Per resolver: figures of the open window (or the last closed one)."""
+        out = dict(self.last)
+        for (ent, srv), w in self.wins.items():
+            if not ent and w.n:
+                out[srv] = self._figures(w)
+        return out
+
+
+def _ms(x: float | None) -> float | None:
+    return None if x is None else round(x * 1000, 1)

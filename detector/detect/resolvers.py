@@ -1,0 +1,198 @@
+"""Unauthorized resolvers and resolver bypass (DoT, DoH).
+
+``resolvers`` (T1071.004): a DNS query sent to a server outside the
+allowlist. Allowed are the rule's and the global allowlists' ``resolvers:``
+networks, the host's own configuration (/etc/resolv.conf, and
+systemd-resolved's upstreams in /run/systemd/resolve/resolv.conf when
+present), loopback stubs, and multicast name resolution (mDNS, LLMNR), which
+is not a resolver at all.
+
+``resolver_bypass`` (T1572): DNS that escapes the allowlisted resolvers by
+encryption: a connection to port 853 (DNS over TLS/QUIC), an HTTPS connection
+to a known public DoH endpoint address, or a lookup of a known DoH hostname
+(the bootstrap query a browser makes before switching to DoH). Known
+endpoints: a small built-in list, plus the lists named in ``params.doh_lists``
+(paths relative to the shared data folder or absolute; missing files are
+reported once and skipped).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+from pathlib import Path
+
+from detector.detect.base import Detector, entity_of, register
+from detector.events import ConnEvent, DnsEvent, Finding
+
+log = logging.getLogger(__name__)
+
+RESOLV_CONFS = ("/etc/resolv.conf", "/run/systemd/resolve/resolv.conf")
+MULTICAST_DNS_PORTS = frozenset({5353, 5355})
+BUILTIN_DOH_HOSTS = frozenset("""
+dns.google dns.google.com cloudflare-dns.com mozilla.cloudflare-dns.com chrome.cloudflare-dns.com
+1dot1dot1dot1.cloudflare-dns.com one.one.one.one security.cloudflare-dns.com family.cloudflare-dns.com
+doh.opendns.com doh.familyshield.opendns.com dns.quad9.net dns9.quad9.net dns10.quad9.net
+dns11.quad9.net doh.cleanbrowsing.org dns.adguard.com dns.adguard-dns.com dns.nextdns.io
+doh.mullvad.net dns.mullvad.net doh.dns.sb dns.alidns.com doh.pub dns.twnic.tw
+doh.libredns.gr ordns.he.net
+""".split())
+BUILTIN_DOH_IPS = frozenset("""
+8.8.8.8 8.8.4.4 1.1.1.1 1.0.0.1 1.1.1.2 1.0.0.2 1.1.1.3 1.0.0.3 9.9.9.9 149.112.112.112
+9.9.9.10 9.9.9.11 208.67.222.222 208.67.220.220 94.140.14.14 94.140.15.15 45.90.28.0
+45.90.30.0 185.228.168.168 185.228.169.168 194.242.2.2 223.5.5.5 223.6.6.6
+2001:4860:4860::8888 2001:4860:4860::8844 2606:4700:4700::1111 2606:4700:4700::1001
+2620:fe::fe 2620:fe::9 2620:119:35::35 2620:119:53::53 2a10:50c0::ad1:ff 2a10:50c0::ad2:ff
+""".split())
+
+
+def host_resolvers(paths: tuple[str, ...] = RESOLV_CONFS) -> list[str]:
+    """Nameserver addresses from resolv.conf files that exist (errors ignored)."""
+    out: list[str] = []
+    for p in paths:
+        try:
+            text = Path(p).read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and parts[0] == "nameserver":
+                out.append(parts[1].split("%")[0])
+    return out
+
+
+@register
+class Resolvers(Detector):
+    name = "resolvers"
+    params = {"use_host_config": True}  # also allow the host's resolv.conf nameservers
+    kinds = frozenset({"query"})
+
+    def __init__(self, rule, rules) -> None:
+        super().__init__(rule, rules)
+        nets = list(rule.allowlist.resolvers) + list(rules.allowlist.resolvers)
+        self.host = host_resolvers() if self.p["use_host_config"] else []
+        for ip in self.host:
+            try:
+                nets.append(ipaddress.ip_network(ip))
+            except ValueError:
+                continue
+        self.nets = nets
+        self._cache: dict[str, bool] = {}
+
+    def allowed_resolver(self, ip: str) -> bool:
+        r = self._cache.get(ip)
+        if r is None:
+            if len(self._cache) > 65536:
+                self._cache.clear()
+            try:
+                a = ipaddress.ip_address(ip)
+                r = a.is_loopback or a.is_multicast or any(
+                    a.version == n.version and a in n for n in self.nets)
+            except ValueError:
+                r = False
+            self._cache[ip] = r
+        return r
+
+    def process(self, ev: DnsEvent) -> list[Finding]:
+        if ev.dst_port in MULTICAST_DNS_PORTS or ev.src_port in MULTICAST_DNS_PORTS:
+            return []
+        srv = ev.dst_ip
+        if self.allowed_resolver(srv):
+            return []
+        if self.rule.allowlist.covers_process(ev) or self.rules.allowlist.covers_process(ev) \
+                or self.rule.allowlist.covers_resolver(ev.src_ip):
+            return []
+        ent = entity_of(ev)
+        return [self.finding(
+            ev, score=0.8, entity=ent, domain=srv,
+            features={"resolver": srv, "resolver_port": ev.dst_port, "qname": ev.qname,
+                      "allowed_resolvers": [str(n) for n in self.nets][:10]},
+            reason=f"{ent} sent DNS to {srv}:{ev.dst_port}, which is not an allowed resolver")]
+
+
+@register
+class ResolverBypass(Detector):
+    name = "resolver_bypass"
+    params = {"dot_ports": [853], "doh_port": 443}
+    kinds = frozenset({"query"})
+
+    def __init__(self, rule, rules) -> None:
+        super().__init__(rule, rules)
+        self.hosts, self.ips = load_doh_lists(rule.params.get("doh_lists", []) or [])
+        self.dot_ports = frozenset(int(p) for p in self.p["dot_ports"])
+
+    @staticmethod
+    def check_rule(rule) -> str | None:
+        lists = rule.params.get("doh_lists", [])
+        if lists is not None and not isinstance(lists, list):
+            return "params.doh_lists: expected a list of file paths"
+        return None
+
+    def process(self, ev: DnsEvent) -> list[Finding]:
+        name = ev.qname.lower().rstrip(".")
+        hosts = self.hosts
+        hit = name if name in hosts else None
+        if hit is None:
+            i = name.find(".")
+            while i >= 0 and hit is None:
+                tail = name[i + 1:]
+                if tail.count(".") >= 1 and tail in hosts:
+                    hit = tail
+                i = name.find(".", i + 1)
+        if hit is None or self.rule.allowlist.covers_domain(name) \
+                or self.rule.allowlist.covers_process(ev) or self.rules.allowlist.covers_process(ev):
+            return []
+        ent = entity_of(ev)
+        return [self.finding(
+            ev, score=0.7, entity=ent, domain=hit,
+            features={"method": "doh-bootstrap", "qname": name, "listed": hit},
+            reason=f"{ent} looked up {name}, a known DNS-over-HTTPS endpoint: "
+                   "its DNS is about to bypass the allowed resolvers")]
+
+    def process_conn(self, c: ConnEvent) -> list[Finding]:
+        if c.dst_port in self.dot_ports:
+            method = "dot" if c.transport == "tcp" else "doq"
+        elif c.dst_port == self.p["doh_port"] and c.dst_ip in self.ips:
+            method = "doh"
+        else:
+            return []
+        if self.rule.allowlist.covers_resolver(c.dst_ip) or self.rules.allowlist.covers_resolver(c.dst_ip):
+            return []
+        p = c.process
+        if p is not None and (p.comm in self.rule.allowlist.processes
+                              or os.path.basename(p.exe) in self.rule.allowlist.processes):
+            return []
+        ent = f"{p.comm or '?'}[{p.pid}]" if p is not None and p.pid else c.src_ip
+        what = {"dot": "DNS over TLS", "doq": "DNS over QUIC", "doh": "DNS over HTTPS"}[method]
+        f = self.finding(
+            None, score=0.8, entity=ent, domain=c.dst_ip, ts=c.ts,
+            features={"method": method, "server": c.dst_ip, "port": c.dst_port,
+                      "transport": c.transport, "source": f"{c.src_ip}:{c.src_port}"},
+            reason=f"{ent} opened {what} to {c.dst_ip}:{c.dst_port}, bypassing the allowed resolvers")
+        f.ts = c.ts
+        return [f]
+
+
+def load_doh_lists(paths: list[str]) -> tuple[frozenset[str], frozenset[str]]:
+    """Built-in DoH hosts and IPs plus the given list files (one per line, # comments)."""
+    from detector.paths import shared_data
+
+    hosts, ips = set(BUILTIN_DOH_HOSTS), set(BUILTIN_DOH_IPS)
+    for p in paths:
+        path = Path(p) if os.path.isabs(p) else shared_data() / p
+        try:
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError as e:
+            log.warning("DoH list %s not loaded: %s", path, e.strerror or e)
+            continue
+        for line in lines:
+            item = line.split("#", 1)[0].strip().lower().rstrip(".")
+            if not item:
+                continue
+            try:
+                ips.add(str(ipaddress.ip_address(item)))
+            except ValueError:
+                if "." in item:
+                    hosts.add(item)
+    return frozenset(hosts), frozenset(ips)
