@@ -1,0 +1,102 @@
+/* dns_sock.c: who sends DNS. cgroup sock_addr hooks connect4, connect6,
+ * sendmsg4 and sendmsg6 on the cgroup v2 root.
+ *
+ * Why these hooks: they run in the context of the calling task for every
+ * connect() and unconnected sendto()/sendmsg() on the host, whatever the
+ * network namespace, io_uring included, at no cost to other syscalls. Here the
+ * current pid, tid, uid, gid, comm and cgroup id are right; later, when
+ * packets cross the cgroup skb hooks (dns_skb.c), they are not (a response is
+ * received in softirq context). So this program records the owner of each
+ * socket that talks to a DNS port, keyed by socket cookie, and dns_skb.c
+ * joins packets to it. No kprobes, no kernel-internal structs: only the UAPI
+ * struct bpf_sock_addr.
+ *
+ * Every program returns 1 (allow): returning 0 would make connect() and
+ * sendmsg() fail with EPERM for the whole host.
+ */
+#include <uapi/linux/in.h>
+#include "dns_event.h"
+
+BPF_TABLE("lru_hash", u64, struct owner, owners, 65536);
+/* ports to watch, host byte order -> PORT_DNS (DNS: copy packets) and/or
+ * PORT_CONN (853 DoT/DoQ: report connects) */
+BPF_HASH(ports, u16, u8, 64);
+#define PORT_DNS 1
+#define PORT_CONN 2
+BPF_RINGBUF_OUTPUT(events, 1024);     /* 4 MiB, shared with dns_skb.c */
+BPF_ARRAY(lost, u64, 1);              /* ring buffer full: events dropped */
+
+static __always_inline void count_lost(void)
+{
+    int k = 0;
+    u64 *v = lost.lookup(&k);
+    if (v)
+        __sync_fetch_and_add(v, 1);
+}
+
+static __always_inline void fill_owner(struct owner *o)
+{
+    u64 pt = bpf_get_current_pid_tgid();
+    u64 ug = bpf_get_current_uid_gid();
+    o->pid = pt >> 32;
+    o->tid = (u32)pt;
+    o->uid = (u32)ug;
+    o->gid = ug >> 32;
+    o->cgroup_id = bpf_get_current_cgroup_id();
+    bpf_get_current_comm(&o->comm, sizeof(o->comm));
+}
+
+static __always_inline int record(struct bpf_sock_addr *ctx, int family, int is_connect)
+{
+    u16 port = bpf_ntohs((u16)ctx->user_port);
+    u8 *kind = ports.lookup(&port);
+    if (!kind)
+        return 1;
+    u8 what = *kind;
+    u64 cookie = bpf_get_socket_cookie(ctx);
+    struct owner o = {};
+    fill_owner(&o);
+    owners.update(&cookie, &o);
+    if ((what & PORT_CONN) && is_connect) {
+        struct dns_event *e = events.ringbuf_reserve(sizeof(struct dns_event));
+        if (!e) {
+            count_lost();
+            return 1;
+        }
+        e->ts_ns = bpf_ktime_get_ns();
+        e->cookie = cookie;
+        e->cgroup_id = o.cgroup_id;
+        e->pid = o.pid;
+        e->tid = o.tid;
+        e->uid = o.uid;
+        e->gid = o.gid;
+        __builtin_memcpy(e->comm, o.comm, TASK_COMM_LEN);
+        __builtin_memset(e->saddr, 0, 16);
+        __builtin_memset(e->daddr, 0, 16);
+        if (family == 4) {
+            u32 a = ctx->user_ip4;
+            __builtin_memcpy(e->daddr, &a, 4);
+        } else {
+            u32 a0 = ctx->user_ip6[0], a1 = ctx->user_ip6[1], a2 = ctx->user_ip6[2], a3 = ctx->user_ip6[3];
+            __builtin_memcpy(e->daddr, &a0, 4);
+            __builtin_memcpy(e->daddr + 4, &a1, 4);
+            __builtin_memcpy(e->daddr + 8, &a2, 4);
+            __builtin_memcpy(e->daddr + 12, &a3, 4);
+        }
+        e->sport = 0;
+        e->dport = port;
+        e->family = family;
+        e->proto = ctx->type == 1 /* SOCK_STREAM */ ? IPPROTO_TCP : IPPROTO_UDP;
+        e->dir = DIR_EGRESS;
+        e->kind = KIND_CONNECT;
+        e->len = 0;
+        e->caplen = 0;
+        events.ringbuf_submit(e, 0);
+    }
+    return 1;
+}
+
+int dns_connect4(struct bpf_sock_addr *ctx) { return record(ctx, 4, 1); }
+int dns_connect6(struct bpf_sock_addr *ctx) { return record(ctx, 6, 1); }
+int dns_sendmsg4(struct bpf_sock_addr *ctx) { return record(ctx, 4, 0); }
+int dns_sendmsg6(struct bpf_sock_addr *ctx) { return record(ctx, 6, 0); }
