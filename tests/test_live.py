@@ -75,7 +75,7 @@ def resolver():
     p.wait(5)
 
 
-def start_live(port: int, duration: float, *extra: str) -> subprocess.Popen:
+def start_live(port: int | str, duration: float, *extra: str) -> subprocess.Popen:
     p = subprocess.Popen(DETECTOR + ["live", "--duration", str(duration), "--ports", str(port),
                                      "--events", "--format", "jsonl", *extra],
                          cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -176,3 +176,40 @@ def test_container_id_from_cgroup_paths():
     assert container_id(f"0::/kubepods/burstable/pod1234/cri-containerd-{cid}.scope") == cid
     assert container_id(f"0::/kubepods/besteffort/pod-x/{cid}") == cid
     assert container_id("0::/user.slice/user-1000.slice/session-2.scope") == ""
+
+
+def test_upstream_query_of_a_local_stub_names_the_application():
+    """App -> stub on loopback (dnsmasq) -> upstream resolver: the stub's upstream query
+    carries `cause` = the application's process."""
+    dnsmasq = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
+    up_ip = "10.253.0.1"  # an upstream that is not a loopback address, on lo
+    subprocess.run(["ip", "addr", "add", f"{up_ip}/32", "dev", "lo"], check=True)
+    procs = []
+    try:
+        stub_port, up_port = free_port(), free_port()
+        common = ["-k", "--no-hosts", "-z", "--bind-interfaces", "--user=root", "--pid-file=",
+                  "--cache-size=0"]
+        procs.append(subprocess.Popen([dnsmasq, *common, "--address=/#/5.6.7.8",
+                                       f"--listen-address={up_ip}", f"--port={up_port}"]))
+        procs.append(subprocess.Popen([dnsmasq, *common, "--no-resolv", f"--server={up_ip}#{up_port}",
+                                       "--listen-address=127.0.0.1", f"--port={stub_port}"]))
+        time.sleep(0.5)
+        live = start_live(f"{stub_port},{up_port}", 6)
+        pid = run_client("udp4", "127.0.0.1", str(stub_port), "linked.example.com")
+        out, err = live.communicate(timeout=60)
+        assert live.returncode == 0, err
+    finally:
+        for p in procs:
+            p.terminate()
+        subprocess.run(["ip", "addr", "del", f"{up_ip}/32", "dev", "lo"])
+    evs = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+    alerts = [e for e in evs if "rule_id" in e]
+    evs = [e for e in evs if "kind" in e]
+    app = [e for e in evs if e["kind"] == "query" and e["dst"] == "127.0.0.1"]
+    upstream = [e for e in evs if e["kind"] == "query" and e["dst"] == up_ip]
+    assert len(app) == 1 and app[0]["process"]["pid"] == pid
+    assert len(upstream) == 1 and upstream[0]["process"]["comm"] == "dnsmasq"
+    assert upstream[0]["cause"]["pid"] == pid and upstream[0]["cause"]["comm"].startswith("python")
+    # 10.253.0.1 is no allowed resolver: the alert on dnsmasq's query names the application
+    rogue = [a for a in alerts if a["rule_id"] == "dns-unauthorized-resolver"]
+    assert rogue and any(a.get("cause", {}).get("pid") == pid for a in rogue), rogue

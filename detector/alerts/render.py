@@ -73,6 +73,8 @@ def flat_alert(f: Finding, aid: str, extra: dict[str, Any]) -> dict[str, Any]:
         if f.event.process is not None:
             d["pid"] = f.event.process.pid
             d["comm"] = f.event.process.comm
+        if f.event.cause:
+            d["cause"] = f.event.cause
     return d
 
 

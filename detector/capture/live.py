@@ -25,6 +25,7 @@ import logging
 import os
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,6 +44,7 @@ SOURCES = ("dns_sock.c", "dns_skb.c")
 BPF_F_ALLOW_MULTI = 2
 PORT_DNS, PORT_CONN = 1, 2
 CONN_PORTS = (853,)
+STUB_WINDOW = 2.0  # seconds between an application's query to a stub and the stub's upstream query
 KIND_PACKET, KIND_CONNECT = 0, 1
 DIR_EGRESS = 0
 
@@ -148,7 +150,8 @@ class LiveCapture:
         self.tcp = TcpDnsReassembler()
         self.pending: list = []
         self.stats = {"packets": 0, "dns_messages": 0, "parse_errors": 0, "truncated_copies": 0,
-                      "connects": 0}
+                      "connects": 0, "stub_linked": 0}
+        self.links: OrderedDict[tuple[str, int], tuple[float, ProcessInfo]] = OrderedDict()
         self.b["events"].open_ring_buffer(self._on_event)
 
     # --- reading ----------------------------------------------------------------
@@ -204,7 +207,33 @@ class LiveCapture:
             return
         self.stats["dns_messages"] += 1
         ev.process = proc
+        if not ev.qr and ev.questions:
+            self._link(ev)
         self.pending.append(ev)
+
+    def _link(self, ev: DnsEvent) -> None:
+        """Stub link: an application asks a local stub (127.0.0.53, dnsmasq, unbound on
+        loopback), the stub asks upstream. Remember application queries to loopback
+        servers for STUB_WINDOW seconds; an upstream query for the same name and type
+        from another process gets ``cause`` = the application, so an alert on the
+        upstream query names the application behind it."""
+        q = ev.questions[0]
+        key = (q.name.lower(), q.qtype)
+        p = ev.process
+        if _is_loopback(ev.dst_ip):
+            if p is not None:
+                links = self.links
+                links[key] = (ev.ts, p)
+                links.move_to_end(key)
+                if len(links) > 4096:
+                    links.popitem(last=False)
+            return
+        hit = self.links.get(key)
+        if hit is not None and ev.ts - hit[0] <= STUB_WINDOW and (p is None or p.pid != hit[1].pid):
+            a = hit[1]
+            ev.cause = {"pid": a.pid, "comm": a.comm, "exe": a.exe, "uid": a.uid,
+                        "container_id": a.container_id}
+            self.stats["stub_linked"] += 1
 
     def _process(self, e) -> ProcessInfo | None:
         if not e.pid:
@@ -233,6 +262,10 @@ class LiveCapture:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _is_loopback(ip: str) -> bool:
+    return ip.startswith("127.") or ip == "::1"
 
 
 class _Event(ct.Structure):
