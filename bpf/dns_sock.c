@@ -23,7 +23,7 @@ BPF_TABLE("lru_hash", u64, struct owner, owners, 65536);
 BPF_HASH(ports, u16, u8, 64);
 #define PORT_DNS 1
 #define PORT_CONN 2
-BPF_RINGBUF_OUTPUT(events, 1024);     /* 4 MiB, shared with dns_skb.c */
+BPF_RINGBUF_OUTPUT(events, 4096);     /* 16 MiB (~7,500 events), shared with dns_skb.c */
 BPF_ARRAY(lost, u64, 1);              /* ring buffer full: events dropped */
 
 static __always_inline void count_lost(void)

@@ -25,7 +25,8 @@ import logging
 import os
 import socket
 import time
-from collections import OrderedDict
+import threading
+from collections import OrderedDict, deque
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,6 +45,7 @@ SOURCES = ("dns_sock.c", "dns_skb.c")
 BPF_F_ALLOW_MULTI = 2
 PORT_DNS, PORT_CONN = 1, 2
 CONN_PORTS = (853,)
+DRAIN_INTERVAL = 0.02  # seconds between ring buffer drains
 STUB_WINDOW = 2.0  # seconds between an application's query to a stub and the stub's upstream query
 KIND_PACKET, KIND_CONNECT = 0, 1
 DIR_EGRESS = 0
@@ -148,7 +150,9 @@ class LiveCapture:
         self.mono_to_wall = time.time() - time.monotonic()
         self.proc = ProcCache()
         self.tcp = TcpDnsReassembler()
-        self.pending: list = []
+        self.queue: deque = deque()
+        self._reader: threading.Thread | None = None
+        self._stop = threading.Event()
         self.stats = {"packets": 0, "dns_messages": 0, "parse_errors": 0, "truncated_copies": 0,
                       "connects": 0, "stub_linked": 0}
         self.links: OrderedDict[tuple[str, int], tuple[float, ProcessInfo]] = OrderedDict()
@@ -159,14 +163,32 @@ class LiveCapture:
     def lost(self) -> int:
         return int(self.b["lost"][0].value)
 
-    def poll(self, interval: float = 0.02) -> list:
-        """Drain the ring buffer (the kernel side does not wake us: BPF_RB_NO_WAKEUP);
-        sleep ``interval`` first when it was empty. Returns the decoded events."""
-        self.b.ring_buffer_consume()
-        if not self.pending:
-            time.sleep(interval)
+    def start(self) -> None:
+        """Read the ring buffer in a thread of its own, so a slow detection step in the
+        caller never lets the kernel side overflow; :meth:`poll` hands over the events."""
+        if self._reader is None:
+            self._reader = threading.Thread(target=self._read_loop, name="bpf-reader", daemon=True)
+            self._reader.start()
+
+    def _read_loop(self) -> None:
+        consume = self.b.ring_buffer_consume
+        while not self._stop.is_set():
+            consume()  # the kernel side does not wake us (BPF_RB_NO_WAKEUP): drain every 20 ms
+            self._stop.wait(DRAIN_INTERVAL)
+
+    def poll(self, interval: float = DRAIN_INTERVAL) -> list:
+        """The events decoded since the last call (waits ``interval`` when there are none)."""
+        if self._reader is None:
             self.b.ring_buffer_consume()
-        out, self.pending = self.pending, []
+        q = self.queue
+        if not q:
+            time.sleep(interval)
+            if self._reader is None:
+                self.b.ring_buffer_consume()
+        out = []
+        pop = q.popleft
+        for _ in range(len(q)):
+            out.append(pop())
         return out
 
     def events(self, duration: float | None = None) -> Iterator:
@@ -183,7 +205,7 @@ class LiveCapture:
         proc = self._process(e)
         if e.kind == KIND_CONNECT:
             self.stats["connects"] += 1
-            self.pending.append(ConnEvent(ts, "tcp" if e.proto == 6 else "udp", e.family, "", 0,
+            self.queue.append(ConnEvent(ts, "tcp" if e.proto == 6 else "udp", e.family, "", 0,
                                           dst, e.dport, proc))
             return
         self.stats["packets"] += 1
@@ -209,7 +231,7 @@ class LiveCapture:
         ev.process = proc
         if not ev.qr and ev.questions:
             self._link(ev)
-        self.pending.append(ev)
+        self.queue.append(ev)
 
     def _link(self, ev: DnsEvent) -> None:
         """Stub link: an application asks a local stub (127.0.0.53, dnsmasq, unbound on
@@ -244,6 +266,11 @@ class LiveCapture:
 
     # --- teardown ---------------------------------------------------------------
     def close(self) -> None:
+        stop = getattr(self, "_stop", None)
+        if stop is not None:
+            stop.set()
+            if self._reader is not None and self._reader is not threading.current_thread():
+                self._reader.join(timeout=2)
         while self.attached:
             fn, atype = self.attached.pop()
             try:

@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         publisher = EventPublisher(kafka_config_from_args(args))
     pipe, _ = build_pipeline(args)
     cap = LiveCapture(ports=args.ports)
+    cap.start()
     if getattr(args, "metrics_port", None):
         from detector import metrics
 
