@@ -38,6 +38,7 @@ DATA_TYPES = {16: "TXT", 10: "NULL", 65399: "PRIVATE", 25: "KEY", 255: "ANY", 99
 HALF_TYPES = {5: "CNAME", 15: "MX", 33: "SRV"}
 UNREGISTERED = "(no public suffix)"
 _LOCAL = (".local", ".internal", ".lan", ".home", ".localdomain", ".arpa", ".localhost", ".corp")
+_HOSTCHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
 _HEX = frozenset("0123456789abcdef")
 _B32 = frozenset("abcdefghijklmnopqrstuvwxyz234567")
 _B64 = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_+/=")
@@ -149,8 +150,9 @@ class _Base(Detector):
             # No public suffix (dnscat2's "dnscat.<hex>" direct mode, made-up TLDs):
             # pool such names per entity, except local and service-discovery names.
             name = ev.questions[0].name.lower()
-            if "." not in name or name.endswith(_LOCAL) or name.startswith("_") or "._" in name:
-                return []
+            if "." not in name or name.endswith(_LOCAL) or name.startswith("_") or "._" in name \
+                    or not _HOSTCHARS.issuperset(name):
+                return []  # not a host name (URL-like junk from lists, escapes): not pooled
             dom, sub = UNREGISTERED, name
         allowed = self._allow_cache.get(dom)
         if allowed is None:
@@ -297,7 +299,7 @@ class _Base(Detector):
         if f["unique_subdomains"] < self.p["min_unique"] or f["name_bytes_out"] < self.p["min_name_bytes"]:
             return []
         fired = self.indicators(f)
-        need = int(self.p["min_indicators"])
+        need = int(self.p["min_indicators"]) + (1 if key[1] == UNREGISTERED else 0)
         if len(fired) < need:
             return []
         st.last_alert = ev.ts

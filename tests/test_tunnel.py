@@ -1,0 +1,249 @@
+"""Tunnel and exfiltration detection on real tools, real captures and benign data.
+
+Real tools: Debian's iodine/iodined and dns2tcpc/dns2tcpd run in two network
+namespaces; tcpdump records the veth; `detector replay pcap` must raise the
+tunnel alert within 30 s of the first tunnel packet. Shared tunnel captures
+must alert; benign captures and benign name lists must raise none.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from detector.capture.layers import PacketDecoder
+from detector.capture.pcap import PcapReader
+from detector.events import DnsEvent, Question
+from detector.pipeline.run import Pipeline
+from detector.ruleset import load_rules
+from detector.paths import REPO
+from tests.conftest import json_lines, run_detector
+
+TUNNEL_RULES = ("dns-tunnel", "dns-exfiltration")
+ROOT = os.geteuid() == 0
+
+
+class _Keep:
+    name = "keep"
+
+    def __init__(self) -> None:
+        self.docs: list[dict] = []
+
+    def write(self, doc, key=None) -> None:
+        self.docs.append(doc)
+
+    def close(self) -> None:
+        pass
+
+
+def tunnel_rules():
+    return load_rules([REPO / "rules" / "tunnel.yaml", REPO / "rules" / "exfil.yaml",
+                       REPO / "rules" / "allowlist.yaml"])
+
+
+def replay(path: Path, rules) -> list[dict]:
+    sink = _Keep()
+    pipe = Pipeline(rules, [sink], fmt="jsonl")
+    dec = PacketDecoder()
+    for ts, lt, fr in PcapReader(str(path)):
+        for ev in dec.frame(ts, lt, fr):
+            pipe.process(ev)
+    for ev in dec.flush():
+        pipe.process(ev)
+    pipe.close()
+    return sink.docs
+
+
+# --- shared captures ---------------------------------------------------------------
+
+def test_every_shared_tunnel_capture_alerts(data):
+    rules = tunnel_rules()
+    caps = sorted(p for p in list((data / "tunnel").glob("*.pcap")) + list((data / "tunnel" / "ndpi").glob("*.pcap*"))
+                  if p.name != "dns_long_domainname.pcap")  # one ordinary 43-character query
+    assert len(caps) >= 5
+    missed = [p.name for p in caps if not any(d["rule_id"] in TUNNEL_RULES for d in replay(p, rules))]
+    assert not missed, f"no tunnel alert for {missed}"
+
+
+def test_benign_captures_raise_no_tunnel_alert(data):
+    rules = tunnel_rules()
+    real_tunnel = "dns__bug-1158__input.pcap"  # suricata-verify: a real dns2tcp session
+    caps = sorted(p for pat in ("pcap/*/*.pcap", "pcap/*/*.pcapng") for p in data.glob(pat))
+    assert len(caps) > 100
+    false = {}
+    for p in caps:
+        docs = [d for d in replay(p, rules) if d["rule_id"] in TUNNEL_RULES]
+        if p.name == real_tunnel:
+            assert docs, "the dns2tcp session in suricata-verify must alert"
+        elif docs:
+            false[p.name] = [(d["entity"], d["domain"]) for d in docs]
+    assert not false, false
+
+
+def _events(names_by_client: dict[str, list[str]], qtype: int = 1, gap: float = 0.05):
+    ts = 1_700_000_000.0
+    for client, names in names_by_client.items():
+        for i, n in enumerate(names):
+            ts += gap
+            yield DnsEvent(ts, "udp", 4, client, 30000 + i % 1000, "10.0.0.53", 53, i & 0xFFFF, 0x0100, 0,
+                           [Question(n, qtype, 1)], size=12 + len(n) + 6)
+
+
+def _run(events) -> list[dict]:
+    sink = _Keep()
+    pipe = Pipeline(tunnel_rules(), [sink], fmt="jsonl")
+    for ev in events:
+        pipe.process(ev)
+    pipe.close()
+    return [d for d in sink.docs if d["rule_id"] in TUNNEL_RULES]
+
+
+def test_benign_lists_and_odd_but_ordinary_names_raise_nothing(data):
+    top = []
+    with open(data / "benign" / "alexa_top100k_2015.csv") as f:
+        for line in f:
+            parts = line.strip().split(",")
+            if len(parts) == 2:
+                top.append(parts[1])
+    top += [x.strip() for x in (data / "benign" / "opendns-top-domains.txt").read_text().split() if x.strip()]
+    rnd = random.Random(3)
+    rnd.shuffle(top)
+    clients = {f"10.1.0.{i}": top[i::8] for i in range(8)}  # 8 busy clients browsing
+    assert _run(_events(clients, gap=0.001)) == []
+    # DNSBL and anti-virus lookups (addresses and hashes in labels), 32-hex device ids
+    dnsbl = {"10.2.0.1": [f"{rnd.randrange(256)}.{rnd.randrange(256)}.{rnd.randrange(256)}.{rnd.randrange(256)}"
+                          f".zen.spamhaus.org" for _ in range(500)]}
+    sophos = {"10.2.0.2": [f"{rnd.getrandbits(128):032x}.{rnd.getrandbits(64):016x}.sophosxl.net"
+                           for _ in range(500)]}
+    devices = {f"10.3.{i // 250}.{i % 250}": [f"{rnd.getrandbits(128):032x}.devices.example-iot.com"] * 5
+               for i in range(400)}
+    assert _run(_events({**dnsbl, **sophos, **devices})) == []
+
+
+def test_unknown_tool_caught_without_fingerprints():
+    """A made-up tool: base32 chunks in A queries under an unremarkable domain."""
+    import base64
+
+    rnd = random.Random(5)
+    names = []
+    for i in range(200):
+        chunk = base64.b32encode(rnd.randbytes(30)).decode().rstrip("=").lower()
+        names.append(f"{chunk}.{i:x}.cdn-sync.net")
+    docs = _run(_events({"10.9.9.9": names}, gap=0.2))
+    assert docs and docs[0]["entity"] == "10.9.9.9" and docs[0]["domain"] == "cdn-sync.net"
+    assert any("encoded names" in s for s in docs[0]["features"]["indicators"])
+
+
+def test_state_is_bounded_under_a_random_subdomain_flood():
+    from detector.detect.tunnel import Tunnel
+
+    rules = tunnel_rules()
+    rule = rules.by_id("dns-tunnel")
+    rule.thresholds["max_keys"] = 5000
+    det = Tunnel(rule, rules)
+    rnd = random.Random(9)
+    ts = 1.0
+    for i in range(200_000):
+        ts += 0.0001
+        name = f"{rnd.getrandbits(60):x}.flood.example" if i % 2 else f"x{i}.d{i}.example"
+        ev = DnsEvent(ts, "udp", 4, f"10.{i % 7}.0.1", 1000, "10.0.0.53", 53, 1, 0x0100, 0, [Question(name, 1, 1)])
+        from detector.pipeline.enrich import split_domain
+        ev.subdomain, ev.registered_domain, ev.suffix = split_domain(name)
+        det.process(ev)
+    assert len(det.state) <= 5000 and det.evicted > 90_000
+    per_key = max(len(s.cur.uniq) for s in det.state.values())
+    assert per_key <= det.max_unique
+
+
+# --- real tools in network namespaces ------------------------------------------------
+
+needs_root = pytest.mark.skipif(not ROOT, reason="network namespaces need root")
+
+
+def _alerts_after(pcap: Path, first_ts: float | None = None) -> list[dict]:
+    res = run_detector("replay", "pcap", str(pcap), "--format", "jsonl", "-q")
+    assert res.returncode == 0, res.stderr
+    return [d for d in json_lines(res.stdout) if d.get("rule_id") in TUNNEL_RULES]
+
+
+def _first_ts(pcap: Path) -> float:
+    for ts, _, _ in PcapReader(str(pcap)):
+        return ts
+    raise AssertionError("empty capture")
+
+
+SINK = ("import socket,sys;s=socket.create_server((sys.argv[1],int(sys.argv[2])));c,_=s.accept();n=0\n"
+        "while True:\n d=c.recv(65536)\n if not d: break\n n+=len(d)\nprint(n)")
+SEND = ("import socket,os,sys,time;c=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=30)\n"
+        "for _ in range(10):\n c.sendall(os.urandom(3000)); time.sleep(0.3)\nc.close()")
+
+
+@needs_root
+def test_real_iodine_session_raises_the_tunnel_alert(tmp_path):
+    from tests.netns import NetnsPair
+
+    for tool in ("iodine", "iodined", "tcpdump"):
+        assert shutil.which(tool), f"{tool} missing: ./setup.sh installs it"
+    pcap = tmp_path / "iodine.pcap"
+    with NetnsPair(prefix="io") as net:
+        net.popen("server", ["iodined", "-f", "-c", "-P", "testpass", "-l", net.ip["server"],
+                             "192.168.99.1", "t.test"])
+        time.sleep(1)
+        with net.capture("client", pcap):
+            cli = net.popen("client", ["iodine", "-f", "-m", "1000", "-P", "testpass", "-r",
+                                       net.ip["server"], "t.test"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+            t = time.monotonic()
+            line = ""
+            while time.monotonic() - t < 30 and "Connection setup complete" not in line:
+                line = cli.stdout.readline()
+            assert "Connection setup complete" in line
+            sink = net.popen("server", [sys.executable, "-c", SINK, "192.168.99.1", "9000"],
+                             stdout=subprocess.PIPE, text=True)
+            time.sleep(0.5)
+            r = net.run("client", [sys.executable, "-c", SEND, "192.168.99.1", "9000"])
+            assert r.returncode == 0, r.stderr
+            assert sink.wait(30) == 0 and int(sink.stdout.read()) == 30000  # data went through
+    first = _first_ts(pcap)
+    alerts = _alerts_after(pcap)
+    tun = [a for a in alerts if a["rule_id"] == "dns-tunnel"]
+    assert tun, "no tunnel alert for a real iodine session"
+    assert tun[0]["entity"] == "10.99.0.1" and tun[0]["domain"] in ("t.test", "(no public suffix)")
+    assert tun[0]["ts"] - first <= 30
+
+
+@needs_root
+def test_real_dns2tcp_session_raises_the_tunnel_alert(tmp_path):
+    from tests.netns import NetnsPair
+
+    for tool in ("dns2tcpc", "dns2tcpd", "tcpdump"):
+        assert shutil.which(tool), f"{tool} missing: ./setup.sh installs it"
+    pcap = tmp_path / "dns2tcp.pcap"
+    conf = tmp_path / "dns2tcpd.conf"
+    with NetnsPair(prefix="d2", subnet="10.98.0") as net:
+        conf.write_text(f"listen = {net.ip['server']}\nport = 53\nuser = root\nchroot = /tmp\n"
+                        "domain = d2.test\nresources = sink:127.0.0.1:9000\n")
+        net.popen("server", [sys.executable, "-c", SINK, "127.0.0.1", "9000"])
+        net.popen("server", ["dns2tcpd", "-F", "-f", str(conf)])
+        time.sleep(1)
+        with net.capture("client", pcap):
+            net.popen("client", ["dns2tcpc", "-z", "d2.test", "-r", "sink", "-l", "9100",
+                                 net.ip["server"]])
+            time.sleep(1.5)
+            r = net.run("client", [sys.executable, "-c", SEND, "127.0.0.1", "9100"])
+            assert r.returncode == 0, r.stderr
+            time.sleep(2)
+    first = _first_ts(pcap)
+    alerts = _alerts_after(pcap)
+    tun = [a for a in alerts if a["rule_id"] == "dns-tunnel"]
+    assert tun, "no tunnel alert for a real dns2tcp session"
+    assert tun[0]["entity"] == "10.98.0.1" and tun[0]["domain"] in ("d2.test", "(no public suffix)")
+    assert tun[0]["ts"] - first <= 30
