@@ -1,0 +1,202 @@
+"""The DGA model: learned feature tables + a gradient-boosted classifier.
+
+    m = DgaModel(seed=7).fit(names, y)       # y: 1 = DGA, 0 = benign
+    m.predict_proba(names)                   # (n, 2) like scikit-learn
+    m.score("kngaqqsiczh.net")               # (0.99, [("trigram_ll", -7.1), ...])
+    m.save("models/dga.joblib"); DgaModel.load("models/dga.joblib")
+
+The artefact is one joblib file holding the classifier, the n-gram tables, the
+word list, the default threshold and the metadata (feature version, sklearn
+version, seed, training files with sha256, metrics). Loading refuses an
+artefact built for another FEATURE_VERSION.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detector import errors
+from detector.detect.dga import features as F
+from detector.errors import DetectorError
+
+DEFAULT_PATH_NAME = "dga.joblib"
+_CACHE_MAX = 1 << 16  # names; ~25 MB at most
+TEMPERATURE = 4.0
+MONOTONIC = {"trigram_llr": -1, "bigram_llr": -1, "trigram_ll": -1, "bigram_ll": -1,
+             "trigram_unseen": 1, "entropy": 1}
+
+
+class DgaModel:
+    def __init__(self, seed: int = 7, max_iter: int = 250, max_leaf_nodes: int = 31) -> None:
+        self.seed = seed
+        self.max_iter = max_iter
+        self.max_leaf_nodes = max_leaf_nodes
+        self.tables: F.Tables | None = None
+        self.clf = None
+        self.threshold = 0.5  # default alert threshold (FPR <= 1e-4 on popular names)
+        self.single_threshold = 0.99  # above every popular benign name seen out-of-fold
+        self.storm_threshold = 0.5  # FPR 1e-2 on popular names: NXDOMAINs this odd join a storm
+        self.center = np.zeros(F.NF, np.float32)
+        self.scale = np.ones(F.NF, np.float32)
+        self.metadata: dict[str, Any] = {}
+        self._cache: OrderedDict[str, tuple[float, list]] = OrderedDict()
+
+    # --- training ---------------------------------------------------------------
+    def fit(self, names: list[str], y: np.ndarray, sample_weight: np.ndarray | None = None,
+            benign_labels: list[str] | None = None) -> "DgaModel":
+        """Learn the tables from the benign names (or ``benign_labels``), then the classifier."""
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        y = np.asarray(y)
+        if benign_labels is None:
+            benign_labels = [F.split_label(n)[0] for n, t in zip(names, y) if t == 0]
+        self.tables = F.Tables.learn(benign_labels)
+        X = F.extract(names, self.tables)
+        # monotonic in the n-gram evidence: less benign-like text never lowers the
+        # score, which keeps unseen families from falling into odd leaves
+        cst = [MONOTONIC.get(f, 0) for f in F.FEATURES]
+        self.clf = HistGradientBoostingClassifier(
+            max_iter=self.max_iter, learning_rate=0.1, max_leaf_nodes=self.max_leaf_nodes,
+            min_samples_leaf=50, l2_regularization=1.0, early_stopping=False,
+            monotonic_cst=cst, random_state=self.seed)
+        self.clf.fit(X, y, sample_weight=sample_weight)
+        ben = X[y == 0]
+        self.center = np.median(ben, 0).astype(np.float32)
+        q = np.percentile(ben, [10, 90], axis=0)
+        self.scale = np.maximum(q[1] - q[0], 1e-3).astype(np.float32)
+        self._cache.clear()
+        return self
+
+    # --- scoring ----------------------------------------------------------------
+    def features(self, names: list[str]) -> np.ndarray:
+        return F.extract(names, self._tables())
+
+    def predict_proba(self, names: list[str]) -> np.ndarray:
+        """(n, 2): benign and DGA score; the DGA column is :meth:`proba_from_features`."""
+        if not names:
+            return np.zeros((0, 2))
+        p = self.proba_from_features(self.features(names))
+        return np.c_[1 - p, p]
+
+    def proba_from_features(self, X: np.ndarray) -> np.ndarray:
+        """DGA score in 0..1: the classifier's log-odds through a flattened logistic.
+
+        Dividing the log-odds by ``TEMPERATURE`` keeps confident scores apart
+        (a plain probability rounds every confident name to 1.0 and a
+        threshold for FPR 1e-4 could not be placed between them)."""
+        if not len(X):
+            return np.zeros(0)
+        raw = self.clf.decision_function(X)
+        return 1.0 / (1.0 + np.exp(-raw / TEMPERATURE))
+
+    def explain(self, X: np.ndarray, k: int = 3) -> list[list[tuple[str, float]]]:
+        """The k features furthest from the benign median, per row (name, value)."""
+        if not len(X):
+            return []
+        z = np.abs((X - self.center) / self.scale)
+        top = np.argsort(-z, axis=1)[:, :k]
+        return [[(F.FEATURES[j], round(float(X[i, j]), 3)) for j in row] for i, row in enumerate(top)]
+
+    def score_many(self, names: list[str], k: int = 3) -> list[tuple[float, list]]:
+        """(score, top features) per name, from a bounded cache where possible."""
+        cache = self._cache
+        todo = list(dict.fromkeys(n for n in names if n not in cache))
+        if todo:
+            X = self.features(todo)
+            ps = self.proba_from_features(X)
+            ex = self.explain(X, k)
+            for n, p, e in zip(todo, ps, ex):
+                cache[n] = (float(p), e)
+            while len(cache) > _CACHE_MAX:
+                cache.popitem(last=False)
+        return [cache[n] for n in names]
+
+    def score(self, name: str) -> tuple[float, list]:
+        return self.score_many([name])[0]
+
+    def _tables(self) -> F.Tables:
+        if self.tables is None or self.clf is None:
+            raise DetectorError("the DGA model is not trained", errors.MODEL,
+                                "train it with `python models/train.py`")
+        return self.tables
+
+    # --- persistence --------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        import joblib
+        import sklearn
+
+        path = Path(path)
+        self.metadata.update({
+            "feature_version": F.FEATURE_VERSION,
+            "features": list(F.FEATURES),
+            "sklearn_version": sklearn.__version__,
+            "seed": self.seed,
+            "threshold": self.threshold,
+            "single_threshold": self.single_threshold,
+            "storm_threshold": self.storm_threshold,
+        })
+        t = self.tables
+        state = {
+            "feature_version": F.FEATURE_VERSION,
+            "clf": self.clf,
+            "threshold": self.threshold,
+            "single_threshold": self.single_threshold,
+            "storm_threshold": self.storm_threshold,
+            "center": self.center, "scale": self.scale,
+            "bigram": t.bigram, "trigram": t.trigram, "trigram_seen": np.packbits(t.trigram_seen),
+            "words": "\n".join(t.words),
+            "seed": self.seed,
+            "metadata": self.metadata,
+        }
+        joblib.dump(state, path, compress=3)
+        path.with_name(path.name.replace(".joblib", "") + ".metadata.json").write_text(
+            json.dumps(self.metadata, indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> "DgaModel":
+        import joblib
+
+        from detector.paths import models_dir
+
+        path = Path(path) if path else models_dir() / DEFAULT_PATH_NAME
+        hint = "rebuild it with `python models/train.py`"
+        if not path.is_file():
+            raise DetectorError(f"{path}: DGA model not found", errors.MODEL, hint)
+        try:
+            st = joblib.load(path)
+        except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad artefact
+            raise DetectorError(f"{path}: not a readable DGA model ({type(e).__name__}: {e})",
+                                errors.MODEL, hint) from None
+        if not isinstance(st, dict) or "feature_version" not in st:
+            raise DetectorError(f"{path}: not a DGA model artefact", errors.MODEL, hint)
+        if st["feature_version"] != F.FEATURE_VERSION:
+            raise DetectorError(
+                f"{path}: model built for feature version {st['feature_version']}, "
+                f"this code computes feature version {F.FEATURE_VERSION}", errors.MODEL, hint)
+        m = cls(seed=st.get("seed", 0))
+        m.clf = st["clf"]
+        m.threshold = float(st["threshold"])
+        m.single_threshold = float(st.get("single_threshold", max(m.threshold, 0.99)))
+        m.storm_threshold = float(st.get("storm_threshold", min(m.threshold, 0.5)))
+        m.center, m.scale = st["center"], st["scale"]
+        words = st["words"].split("\n") if st["words"] else []
+        seen = np.unpackbits(st["trigram_seen"])[: F.A ** 3].astype(bool)
+        m.tables = F.Tables(st["bigram"], st["trigram"], seen, words, np.unique(F._hash_words(words)))
+        m.metadata = st.get("metadata", {})
+        return m
+
+
+_LOADED: dict[str, DgaModel] = {}
+
+
+def default_model(path: str | Path | None = None) -> DgaModel:
+    """The shipped model, loaded once per process."""
+    key = str(path or "")
+    if key not in _LOADED:
+        _LOADED[key] = DgaModel.load(path)
+    return _LOADED[key]

@@ -1,0 +1,348 @@
+#!/usr/bin/env python3
+"""Train the DGA model from the shared real data, with leave-family-out evaluation.
+
+    python models/train.py                  # writes models/dga.joblib, dga.metadata.json, README.md
+    python models/train.py --limit 300 --out /tmp/m.joblib   # quick, for a reproducibility check
+    python models/train.py --eval-only --json                 # print the evaluation only
+
+Data (../shared/data, see its PROVENANCE.tsv):
+  benign: benign/alexa_top100k_2015.csv + benign/opendns-top-domains.txt (training, "popular")
+  held-out benign: benign/opendns-random-domains.txt and benign/ndpi_test_non_dga.csv
+                   (never used in training; names also in the training lists are dropped)
+  DGA:    dga/families/*.txt (one family per file)
+
+Leave-family-out: families are split into K groups, benign names into K random
+slices; each group is scored by a model trained on the other groups and slices,
+so every DGA score comes from a model that never saw that family, and every
+popular benign score from a model that never saw that name. The default
+threshold is the lowest that keeps the out-of-fold FPR on popular names at or
+under 1e-4. The shipped model is then trained on everything with the same seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from detector.detect.dga import features as F  # noqa: E402
+from detector.detect.dga.model import DgaModel  # noqa: E402
+from detector.paths import shared_data  # noqa: E402
+
+SEED = 7
+FOLDS = 5
+TARGET_FPR = 1e-4
+BENIGN_WEIGHT = 5.0
+#: the storm threshold (the dga rule's nx_score default) keeps this FPR on popular names:
+#: NXDOMAIN answers for names at or above it count toward an NXDOMAIN storm
+STORM_FPR = 1e-2
+#: families whose names are made of dictionary words
+DICTIONARY = ("suppobox", "matsnu", "bigviktor", "rovnix")
+#: families of pronounceable or fixed-pattern pseudo-words (neither random nor dictionary)
+PSEUDO = ("banjori", "ngioweb", "pushdo", "simda", "pitou", "kfos", "fosniw", "tofsee",
+          "sisron", "symmi", "ramdo", "padcrypt", "monerodownloader", "proslikefan")
+
+
+def kind_of(fam: str) -> str:
+    return "dictionary" if fam in DICTIONARY else "pseudo-word" if fam in PSEUDO else "random"
+
+
+def _clean(name: str) -> str:
+    return name.strip().strip(".").lower()
+
+
+def read_names(path: Path, column: int | None = None) -> list[str]:
+    out = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        if column is not None:
+            parts = line.split(",")
+            if len(parts) <= column:
+                continue
+            line = parts[column]
+        n = _clean(line)
+        if n and "." in n:
+            out.append(n)
+    return list(dict.fromkeys(out))
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_data(root: Path, limit: int | None, rng: np.random.Generator):
+    files = {}
+    b1 = root / "benign/alexa_top100k_2015.csv"
+    b2 = root / "benign/opendns-top-domains.txt"
+    benign = list(dict.fromkeys(read_names(b1, column=1) + read_names(b2)))
+    files[str(b1.relative_to(root))] = sha256(b1)
+    files[str(b2.relative_to(root))] = sha256(b2)
+    fams: dict[str, list[str]] = {}
+    for f in sorted((root / "dga/families").glob("*.txt")):
+        names = read_names(f)
+        if not names:
+            continue
+        fams[f.stem] = names
+        files[str(f.relative_to(root))] = sha256(f)
+    bset = set(benign)
+    held = {}
+    for rel, col in (("benign/opendns-random-domains.txt", None), ("benign/ndpi_test_non_dga.csv", None)):
+        p = root / rel
+        if p.is_file():
+            held[rel] = [n for n in read_names(p, col) if n not in bset]
+            files[rel + " (held-out evaluation only)"] = sha256(p)
+    if limit:
+        benign = [benign[i] for i in sorted(rng.permutation(len(benign))[: limit * 10])]
+        fams = {k: v[:limit] for k, v in fams.items()}
+        held = {k: v[: limit * 3] for k, v in held.items()}
+    return benign, fams, held, files
+
+
+def weights(y: np.ndarray, fam_idx: np.ndarray) -> np.ndarray:
+    """Benign weighs BENIGN_WEIGHT times all DGA together (false positives are what
+    a threshold at FPR 1e-4 is about); each family about the same within DGA."""
+    w = np.ones(len(y))
+    nb = max((y == 0).sum(), 1)
+    w[y == 0] = 1.0 / nb
+    fams = np.unique(fam_idx[y == 1])
+    for f in fams:
+        sel = fam_idx == f
+        w[sel] = 1.0 / (len(fams) * max(sel.sum(), 200))
+    d = w[y == 1].sum()
+    if d:
+        w[y == 1] /= d
+    w[y == 0] *= BENIGN_WEIGHT
+    return w * len(y) / w.sum()
+
+
+def tpr_at(neg: np.ndarray, pos: np.ndarray, fpr: float) -> tuple[float, float]:
+    """TPR at the threshold whose FPR on ``neg`` is at most ``fpr``; (tpr, threshold)."""
+    t = threshold_for(neg, fpr)
+    return float((pos >= t).mean()) if len(pos) else float("nan"), t
+
+
+def threshold_for(neg: np.ndarray, fpr: float) -> float:
+    s = np.sort(neg)[::-1]
+    k = int(np.floor(fpr * len(s)))
+    if k >= len(s):
+        return 0.0
+    return float(np.nextafter(np.float64(s[k]), 2.0))
+
+
+def build(names, y, fam_idx, seed, benign_labels=None) -> DgaModel:
+    m = DgaModel(seed=seed)
+    m.fit(names, y, sample_weight=weights(y, fam_idx), benign_labels=benign_labels)
+    return m
+
+
+def evaluate(benign, fams, held, seed, log=print) -> tuple[dict, np.ndarray]:
+    """Leave-family-out scores and metrics. Returns (metrics, out-of-fold benign scores)."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(seed)
+    fam_names = sorted(fams)
+    order = rng.permutation(len(fam_names))
+    fam_fold = {fam_names[j]: i % FOLDS for i, j in enumerate(order)}
+    ben_fold = rng.integers(0, FOLDS, len(benign))
+    oof_b = np.zeros(len(benign))
+    oof_f: dict[str, np.ndarray] = {}
+    held_scores = {k: [] for k in held}
+    for k in range(FOLDS):
+        t0 = time.time()
+        tr_names = [b for b, f in zip(benign, ben_fold) if f != k]
+        tr_y = [0] * len(tr_names)
+        tr_fam = [-1] * len(tr_names)
+        for fi, fam in enumerate(fam_names):
+            if fam_fold[fam] != k:
+                tr_names += fams[fam]
+                tr_y += [1] * len(fams[fam])
+                tr_fam += [fi] * len(fams[fam])
+        m = build(tr_names, np.array(tr_y), np.array(tr_fam), seed)
+        te = [b for b, f in zip(benign, ben_fold) if f == k]
+        oof_b[ben_fold == k] = m.predict_proba(te)[:, 1]
+        for fam in fam_names:
+            if fam_fold[fam] == k:
+                oof_f[fam] = m.predict_proba(fams[fam])[:, 1]
+        for h, names in held.items():
+            held_scores[h].append(m.predict_proba(names)[:, 1])
+        log(f"fold {k + 1}/{FOLDS}: held out {sorted(f for f in fam_names if fam_fold[f] == k)} "
+            f"({time.time() - t0:.1f}s)")
+    thr = threshold_for(oof_b, TARGET_FPR)
+    storm = threshold_for(oof_b, STORM_FPR)
+    pos = np.concatenate([oof_f[f] for f in fam_names])
+    y = np.r_[np.zeros(len(oof_b)), np.ones(len(pos))]
+    s = np.r_[oof_b, pos]
+    met = {
+        "folds": FOLDS, "seed": seed,
+        "n_benign_popular": len(benign), "n_dga": int(len(pos)), "n_families": len(fam_names),
+        "threshold": thr,
+        "single_threshold": threshold_for(oof_b, 0.0),
+        "auc": float(roc_auc_score(y, s)),
+        "tpr_at_fpr_1e-3": tpr_at(oof_b, pos, 1e-3)[0],
+        "tpr_at_fpr_1e-4": tpr_at(oof_b, pos, 1e-4)[0],
+        "fpr_popular_at_threshold": float((oof_b >= thr).mean()),
+        "storm_threshold": storm,
+        "fpr_popular_at_storm_threshold": float((oof_b >= storm).mean()),
+        "groups": {}, "families": {}, "heldout_benign": {},
+    }
+    for g in ("random", "pseudo-word", "dictionary"):
+        gp = [oof_f[f] for f in fam_names if kind_of(f) == g]
+        if not gp:
+            continue
+        gp = np.concatenate(gp)
+        yy = np.r_[np.zeros(len(oof_b)), np.ones(len(gp))]
+        met["groups"][g] = {
+            "n": int(len(gp)),
+            "auc": float(roc_auc_score(yy, np.r_[oof_b, gp])),
+            "tpr_at_fpr_1e-3": tpr_at(oof_b, gp, 1e-3)[0],
+            "tpr_at_fpr_1e-4": tpr_at(oof_b, gp, 1e-4)[0],
+            "recall_at_threshold": float((gp >= thr).mean()),
+            "recall_at_storm_threshold": float((gp >= storm).mean()),
+        }
+    for f in fam_names:
+        met["families"][f] = {"kind": kind_of(f), "n": len(fams[f]), "fold": fam_fold[f],
+                              "recall": float((oof_f[f] >= thr).mean())}
+    for h, parts in held_scores.items():
+        sc = np.mean(parts, axis=0) if parts else np.zeros(0)
+        met["heldout_benign"][h] = {"n": int(len(sc)), "fpr_lofo_models": float((sc >= thr).mean()) if len(sc) else 0.0}
+    return met, oof_b
+
+
+def table(met: dict) -> str:
+    """The evaluation as a Markdown table (models/README.md, `detector eval dga`)."""
+    L = []
+    L.append(f"Leave-family-out ({met['folds']} grouped folds, seed {met['seed']}): "
+             f"{met['n_dga']} DGA names from {met['n_families']} families, "
+             f"{met['n_benign_popular']} popular benign names. Default threshold {met['threshold']:.4f}.")
+    L.append("")
+    st = met.get("storm_threshold", float("nan"))
+    L.append(f"| set | n | ROC AUC | TPR @ FPR 1e-3 | TPR @ FPR 1e-4 | recall @ threshold | "
+             f"recall @ storm threshold {st:.4f} (NXDOMAIN names) |")
+    L.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    L.append(f"| all unseen families | {met['n_dga']} | {met['auc']:.4f} | {met['tpr_at_fpr_1e-3']:.3f} | "
+             f"{met['tpr_at_fpr_1e-4']:.3f} | | |")
+    for g, v in met["groups"].items():
+        L.append(f"| {g} families | {v['n']} | {v['auc']:.4f} | {v['tpr_at_fpr_1e-3']:.3f} | "
+                 f"{v['tpr_at_fpr_1e-4']:.3f} | {v['recall_at_threshold']:.3f} | "
+                 f"{v.get('recall_at_storm_threshold', float('nan')):.3f} |")
+    L.append("")
+    L.append("| benign set | n | FPR at threshold |")
+    L.append("| --- | ---: | ---: |")
+    L.append(f"| popular (alexa+opendns top, out-of-fold) | {met['n_benign_popular']} | "
+             f"{met['fpr_popular_at_threshold']:.2e} |")
+    if "fpr_popular_at_storm_threshold" in met:
+        L.append(f"| popular, at the storm threshold (out-of-fold) | {met['n_benign_popular']} | "
+                 f"{met['fpr_popular_at_storm_threshold']:.2e} |")
+    for h, v in met["heldout_benign"].items():
+        L.append(f"| {h} (never trained on; leave-family-out models) | {v['n']} | {v['fpr_lofo_models']:.2e} |")
+    for h, v in met.get("heldout_benign_final", {}).items():
+        L.append(f"| {h} (shipped model) | {v['n']} | {v['fpr']:.2e} |")
+    L.append("")
+    L.append("| family | kind | n | recall @ threshold (unseen) |")
+    L.append("| --- | --- | ---: | ---: |")
+    for f, v in sorted(met["families"].items(), key=lambda kv: (kv[1]["kind"], kv[0])):
+        L.append(f"| {f} | {v['kind']} | {v['n']} | {v['recall']:.3f} |")
+    return "\n".join(L)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=None, help="shared data folder (default ../shared/data)")
+    ap.add_argument("--out", type=Path, default=HERE / "dga.joblib", help="artefact path")
+    ap.add_argument("--seed", type=int, default=SEED)
+    ap.add_argument("--limit", type=int, default=0, metavar="N",
+                    help="at most N names per family (and 10N benign): a quick run")
+    ap.add_argument("--no-eval", action="store_true", help="skip the leave-family-out evaluation")
+    ap.add_argument("--eval-only", action="store_true", help="evaluate, write nothing")
+    ap.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    ap.add_argument("--no-readme", action="store_true", help="do not rewrite models/README.md")
+    a = ap.parse_args(argv)
+    root = a.data or shared_data()
+    if not (root / "dga/families").is_dir():
+        print(f"train.py: no DGA data under {root} (set --data or DETECTOR_SHARED_DATA)", file=sys.stderr)
+        return 2
+    log = (lambda *x: print(*x, file=sys.stderr))
+    t0 = time.time()
+    rng = np.random.default_rng(a.seed)
+    benign, fams, held, files = load_data(root, a.limit or None, rng)
+    log(f"data: {len(benign)} popular benign, {sum(map(len, fams.values()))} DGA in {len(fams)} families")
+    met = {}
+    if not a.no_eval:
+        met, _ = evaluate(benign, fams, held, a.seed, log)
+    if a.eval_only:
+        print(json.dumps(met, indent=2) if a.json else table(met))
+        return 0
+    names = list(benign)
+    y = [0] * len(benign)
+    fi = [-1] * len(benign)
+    for i, fam in enumerate(sorted(fams)):
+        names += fams[fam]
+        y += [1] * len(fams[fam])
+        fi += [i] * len(fams[fam])
+    m = build(names, np.array(y), np.array(fi), a.seed)
+    if "folds" in met:
+        m.threshold = met["threshold"]
+        m.single_threshold = max(met["single_threshold"], m.threshold)
+        m.storm_threshold = min(met["storm_threshold"], m.threshold)
+        met["heldout_benign_final"] = {
+            h: {"n": len(v), "fpr": float((m.predict_proba(v)[:, 1] >= m.threshold).mean()) if v else 0.0}
+            for h, v in held.items()}
+    else:
+        m.threshold = 0.99
+    met["train_seconds"] = round(time.time() - t0, 1)
+    m.metadata = {"training_files": files, "limit": a.limit or None, "metrics": met,
+                  "n_train": len(names), "dictionary_families": list(DICTIONARY),
+                  "n_words": len(m.tables.words)}
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    m.save(a.out)
+    log(f"wrote {a.out} ({a.out.stat().st_size / 1e6:.2f} MB) in {time.time() - t0:.0f}s")
+    if "folds" in met and not a.no_readme and not a.limit and a.out.resolve() == (HERE / "dga.joblib").resolve():
+        write_readme(met)
+    if a.json:
+        print(json.dumps(met, indent=2))
+    elif "folds" in met:
+        print(table(met))
+    return 0
+
+
+def write_readme(met: dict) -> None:
+    text = f"""# models/
+
+`dga.joblib` is the DGA model used by the `dga` detector and `detector score`;
+`dga.metadata.json` records its feature version, scikit-learn version, seed,
+training files with sha256 and the metrics below. Rebuild both (and this file)
+with one command, about {met.get('train_seconds', 0):.0f} s on one core:
+
+    .venv/bin/python models/train.py
+
+The model is a HistGradientBoosting classifier over {F.NF} features of the
+scored label (`detector/detect/dga/features.py`, FEATURE_VERSION
+{F.FEATURE_VERSION}): length, entropy, vowel/consonant/digit ratios and runs,
+hex-ness, character 2-/3-gram log-likelihood against the benign training names,
+dictionary-word segmentation coverage (a word list derived from benign labels:
+this machine has no /usr/share/dict), subdomain depth/length and the TLD. The
+n-gram tables and the word list are learned in training and stored in the
+artefact. Loading refuses an artefact built for another feature version (exit 14).
+
+## Leave-family-out evaluation (`detector eval dga`)
+
+{table(met)}
+
+Kinds: *dictionary* families ({", ".join(DICTIONARY)}) concatenate English
+words; *pseudo-word* families ({", ".join(PSEUDO)}) use syllables, fixed stems
+or encodings; all others draw random characters.
+"""
+    (HERE / "README.md").write_text(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
