@@ -68,7 +68,7 @@ class NetnsPair:
 
     @contextmanager
     def capture(self, side: str, pcap: Path, filt: str = "udp port 53 or tcp port 53"):
-        p = subprocess.Popen(self.cmd(side, ["tcpdump", "-i", self.dev[side], "-U", "-n", "-s", "0",
+        p = subprocess.Popen(self.cmd(side, ["tcpdump", "-Z", "root", "--immediate-mode", "-i", self.dev[side], "-U", "-n", "-s", "0",
                                              "-w", str(pcap), *filt.split()]),
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         t = time.monotonic()
@@ -76,6 +76,7 @@ class NetnsPair:
             line = p.stderr.readline()
             if "listening" in line or not line:
                 break
+        time.sleep(1.0)  # "listening" comes before the capture is fully armed
         try:
             yield p
         finally:
