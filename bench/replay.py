@@ -133,10 +133,14 @@ def main() -> int:
     detector = [str(REPO / ".venv" / "bin" / "detector")]
     if not os.path.exists(detector[0]):
         detector = [sys.executable, "-m", "detector"]
+    # the capture's resolvers are the site's: allowlist them as a deployment would
+    allow = OUT / "bench-allowlist.yaml"
+    allow.write_text("kind: allowlist\nresolvers: [10.0.0.53, fd00::53]\n")
+    rules = ["--rules", str(REPO / "rules"), "--rules", str(allow)]
     runs = {
-        "detector (alerts)": detector + ["replay", "pcap", str(cap), "-q"],
+        "detector (alerts)": detector + ["replay", "pcap", str(cap), "-q", "-o", "/dev/null"] + rules,
         "detector (--events jsonl)": detector + ["replay", "pcap", str(cap), "-q", "--events",
-                                                 "--format", "jsonl", "-o", "/dev/null"],
+                                                 "--format", "jsonl", "-o", "/dev/null"] + rules,
         "tshark fields": ["tshark", "-n", "-r", str(cap), "-T", "fields", "-e", "dns.qry.name",
                           "-e", "dns.flags.rcode", "-e", "dns.a"],
     }

@@ -40,11 +40,23 @@ class Allowlist:
     def covers_domain(self, name: str) -> bool:
         if not self.domains or not name:
             return False
+        doms = self._set
         n = name.lower().rstrip(".")
-        for s in self.domains:
-            if n == s or n.endswith("." + s):
+        if n in doms:
+            return True
+        i = n.find(".")
+        while i >= 0:  # every parent name, one set lookup each
+            if n[i + 1:] in doms:
                 return True
+            i = n.find(".", i + 1)
         return False
+
+    @property
+    def _set(self) -> frozenset[str]:
+        s = self.__dict__.get("_domain_set")
+        if s is None:
+            s = self.__dict__["_domain_set"] = frozenset(self.domains)
+        return s
 
     def covers_process(self, ev: DnsEvent) -> bool:
         p = ev.process

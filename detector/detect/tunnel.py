@@ -90,10 +90,10 @@ class _Half:
         self.label_max = 0
         self.ent_sum = 0.0
         self.encoded = 0
-        self.enc_kinds: Counter = Counter()
+        self.enc_kinds: dict[str, int] = {}
         self.data_types = 0
         self.half_types = 0
-        self.types: Counter = Counter()
+        self.types: dict[int, int] = {}
         self.responses = 0
         self.nx = 0
         self.resp_bytes = 0
@@ -167,8 +167,8 @@ class _Base(Detector):
         st = self.state.get(key)
         ts = ev.ts
         if st is None:
-            if not sub and ev.kind == "query":
-                return []  # a bare registered domain carries no data: do not track
+            if not sub or ev.kind != "query":
+                return []  # a bare registered domain carries no data; responses join known keys
             st = self.state[key] = _State(ts)
             if len(self.state) > self.max_keys:
                 self.state.popitem(last=False)
@@ -191,7 +191,7 @@ class _Base(Detector):
                     cur.extra_uniq += 1
                     self._shape(cur, sub)
             qt = ev.questions[0].qtype
-            cur.types[qt] += 1
+            cur.types[qt] = cur.types.get(qt, 0) + 1
             if qt in DATA_TYPES:
                 cur.data_types += 1
             elif qt in HALF_TYPES:
@@ -219,7 +219,7 @@ class _Base(Detector):
         kind = alphabet(longest)
         if kind is not None:
             h.encoded += 1
-            h.enc_kinds[kind] += 1
+            h.enc_kinds[kind] = h.enc_kinds.get(kind, 0) + 1
         if len(h.samples) < 3:
             h.samples.append(sub[:80])
 
