@@ -213,3 +213,87 @@ def test_upstream_query_of_a_local_stub_names_the_application():
     # 10.253.0.1 is no allowed resolver: the alert on dnsmasq's query names the application
     rogue = [a for a in alerts if a["rule_id"] == "dns-unauthorized-resolver"]
     assert rogue and any(a.get("cause", {}).get("pid") == pid for a in rogue), rogue
+
+
+TC_SERVER = r"""
+import socket, struct, sys, threading
+from dnslib import DNSRecord, RR, A
+port = int(sys.argv[1])
+def answer(data, truncate):
+    q = DNSRecord.parse(data)
+    r = q.reply()
+    if truncate:
+        r.header.tc = 1
+    else:
+        for i in range(20):
+            r.add_answer(RR(q.q.qname, rdata=A(f"10.1.0.{i}")))
+    return r.pack()
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", port))
+t = socket.create_server(("127.0.0.1", port))
+def udp():
+    while True:
+        d, a = u.recvfrom(4096); u.sendto(answer(d, True), a)
+def tcp():
+    while True:
+        c, _ = t.accept()
+        n = struct.unpack("!H", c.recv(2))[0]; d = c.recv(n)
+        m = answer(d, False); c.sendall(struct.pack("!H", len(m)) + m); c.close()
+threading.Thread(target=udp, daemon=True).start()
+print("ready", flush=True)
+tcp()
+"""
+
+
+def test_truncated_udp_answer_then_tcp_retry_are_all_captured():
+    port = free_port()
+    srv = subprocess.Popen([sys.executable, "-c", TC_SERVER, str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert srv.stdout.readline().strip() == "ready"
+        live = start_live(port, 5)
+        dig = subprocess.run(["dig", "+time=2", "+tries=1", "@127.0.0.1", "-p", str(port), "big.example.com"],
+                             capture_output=True, text=True)
+        assert "Truncated, retrying in TCP mode" in dig.stdout and "10.1.0.19" in dig.stdout
+        out, err = live.communicate(timeout=60)
+    finally:
+        srv.kill()
+    evs = [json.loads(x) for x in out.splitlines() if x.startswith("{") and "kind" in x]
+    seen = [(e["transport"], e["kind"], "TC" in e["flags"], e["ancount"]) for e in evs
+            if e.get("qname") == "big.example.com"]
+    assert seen == [("udp", "query", False, 0), ("udp", "response", True, 0),
+                    ("tcp", "query", False, 0), ("tcp", "response", False, 20)], seen
+
+
+def test_glibc_getaddrinfo_in_another_network_namespace_is_attributed(tmp_path):
+    """getaddrinfo (glibc's stub: a connected UDP socket, A and AAAA with sendmmsg) in its own
+    network namespace, against dnsmasq on that namespace's 127.0.0.1:53."""
+    ns = f"ga{os.getpid() % 100000}"
+    etc = Path("/etc/netns") / ns
+    etc.mkdir(parents=True, exist_ok=True)
+    (etc / "resolv.conf").write_text("nameserver 127.0.0.1\noptions attempts:1 timeout:2\n")
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    dm = None
+    try:
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        dnsmasq = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
+        dm = subprocess.Popen(["ip", "netns", "exec", ns, dnsmasq, "-k", "--no-resolv", "--no-hosts",
+                               "--address=/#/1.2.3.4", "--address=/#/::", "--listen-address=127.0.0.1",
+                               "--bind-interfaces", "-z", "--user=root", "--pid-file="])
+        time.sleep(0.5)
+        live = start_live(53, 5)
+        code = ("import os, socket; socket.getaddrinfo('gai.example.com', 80); print(os.getpid())")
+        r = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", code], capture_output=True,
+                           text=True, timeout=20)
+        assert r.returncode == 0, r.stderr
+        pid = int(r.stdout.strip())
+        out, err = live.communicate(timeout=60)
+    finally:
+        if dm is not None:
+            dm.terminate()
+        subprocess.run(["ip", "netns", "del", ns])
+        shutil.rmtree(etc, ignore_errors=True)
+    evs = [json.loads(x) for x in out.splitlines() if x.startswith("{") and "kind" in x]
+    mine = [e for e in evs if e.get("qname") == "gai.example.com"]
+    qtypes = sorted(e["qtype"] for e in mine if e["kind"] == "query")
+    assert qtypes == ["A", "AAAA"], mine
+    assert all(e["process"]["pid"] == pid for e in mine)
+    assert sum(1 for e in mine if e["kind"] == "response") == 2
