@@ -229,7 +229,7 @@ def decode(
                 name, off = read_name(buf, off)
                 local[start] = name
                 if off == z + 1:  # no pointer inside: safe to cache by its bytes
-                    if len(_NAMES) > 200_000:
+                    if len(_NAMES) > 65_536:
                         _NAMES.clear()
                     _NAMES[raw] = name
             if off + 4 > n:

@@ -73,7 +73,7 @@ def known_suffix(suffix: str) -> bool:
     return suffix in _RULES or suffix.partition(".")[2] in _WILD
 
 
-@lru_cache(maxsize=262144)
+@lru_cache(maxsize=65536)
 def split_domain(name: str) -> tuple[str, str, str]:
     """Return (subdomain, registered_domain, suffix) for a DNS name.
 

@@ -98,7 +98,7 @@ class Pipeline:
     def process_conn(self, conn: object) -> None:
         """Feed a non-DNS connection record (DoT, DoH) to detectors that want it."""
         for d in self._conn_detectors:
-            self._findings(d, d.process_conn(conn))
+            self._findings(d, self._call(d, d.process_conn, conn))
 
     def advance(self, now: float) -> None:
         """Let time move on without an event (live capture when the host is quiet)."""
@@ -111,8 +111,8 @@ class Pipeline:
         for e in self.correlator.close(self.last_ts):
             self._handle(e)
         for d in self.detectors:
-            self._findings(d, d.tick(self.last_ts + 10 * TICK * 3600))
-            self._findings(d, d.close())
+            self._findings(d, self._call(d, d.tick, self.last_ts + 10 * TICK * 3600))
+            self._findings(d, self._call(d, d.close))
         for f, aid, extra in self.suppressor.close():
             self._emit(f, aid, extra)
         self.stats.suppressed = self.suppressor.suppressed
@@ -164,9 +164,19 @@ class Pipeline:
     def _tick(self, now: float) -> None:
         self._next_tick = now + TICK
         for d in self.detectors:
-            self._findings(d, d.tick(now))
+            self._findings(d, self._call(d, d.tick, now))
         for f, aid, extra in self.suppressor.tick(now):
             self._emit(f, aid, extra)
+
+    def _call(self, d: Detector, fn, *args) -> list[Finding]:
+        """tick/close of one detector; a failure is counted and logged, never fatal."""
+        try:
+            return fn(*args)
+        except Exception:  # one bad detector must not stop the others
+            self.stats.detector_errors += 1
+            if self.stats.detector_errors <= 5:
+                log.exception("detector %s failed in %s", d.rule.id, fn.__name__)
+            return []
 
     def _findings(self, d: Detector, fs: list[Finding] | None) -> None:
         if not fs:

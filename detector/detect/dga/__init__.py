@@ -107,7 +107,9 @@ class Dga(Detector):
         if why is not None:
             self.skipped[why] = self.skipped.get(why, 0) + 1
             return []
-        self.pending.append((ev, name))
+        # Score the registered domain (what the model is trained on: www.x.com and x.com
+        # are one name to it), so the score cache is keyed by registered domain.
+        self.pending.append((ev, ev.registered_domain or name))
         if len(self.pending) >= self.p["batch"]:
             return self._flush()
         return []

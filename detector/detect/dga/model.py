@@ -112,9 +112,10 @@ class DgaModel:
             ex = self.explain(X, k)
             for n, p, e in zip(todo, ps, ex):
                 cache[n] = (float(p), e)
-            while len(cache) > _CACHE_MAX:
-                cache.popitem(last=False)
-        return [cache[n] for n in names]
+        out = [cache[n] for n in names]  # before eviction: a batch may exceed the cache
+        while len(cache) > _CACHE_MAX:
+            cache.popitem(last=False)
+        return out
 
     def score(self, name: str) -> tuple[float, list]:
         return self.score_many([name])[0]
