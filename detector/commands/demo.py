@@ -77,7 +77,7 @@ def _pipeline_argv(args: argparse.Namespace, source: str, broker) -> list[str]:
     common = ["--format", args.format] + rules + kafka
     if source == "live":
         _say(f"live eBPF capture for {args.duration:.0f} s (root, BCC): DNS with the process behind it")
-        return ["live", "--duration", str(args.duration)] + common
+        return ["live", "--duration", str(args.duration), "--events"] + common
     pcap = args.pcap or str(bundled("demo.pcap"))
     _say(f"replaying {pcap}")
     return ["replay", "pcap", pcap] + common
@@ -97,10 +97,15 @@ def _live_possible() -> bool:
     check = getattr(live, "live_capture_available", None)
     if check is None:
         return False
-    ok, why = check()
-    if not ok:
-        _say(f"live capture not possible here ({why}); using the bundled capture")
-    return ok
+    if check():
+        return True
+    try:
+        live.check_requirements()
+        why = "requirements not met"
+    except Exception as e:  # noqa: BLE001 - only for the message
+        why = str(e)
+    _say(f"live capture not possible here ({why}); using the bundled capture")
+    return False
 
 
 def _read_back(bootstrap: str, timeout: float = 10.0) -> int:
