@@ -82,7 +82,7 @@ install_python() {
         say "creating virtualenv $VENV"
         "$PY" -m venv "$VENV"
     fi
-    local stamp="$VENV/.installed-$(cat pyproject.toml setup.py detector/dns/_cwire.c | sha1sum | cut -c1-12)"
+    local stamp="$VENV/.installed-$(cat pyproject.toml setup.py detector/dns/_cwire.c detector/detect/dga/_cdga.c | sha1sum | cut -c1-12)"
     if [ ! -e "$stamp" ]; then
         say "installing Python packages"
         "$VENV/bin/pip" install -q --disable-pip-version-check -e ".[test]"

@@ -99,6 +99,31 @@ def test_split_many_agrees_with_split_label():
     assert split_label("kq3v.duckdns.org")[0] == "kq3v"  # shared parent: the label below it
 
 
+def test_c_features_and_forest_agree_with_numpy_and_sklearn(model, data):
+    """The C twin (_cdga) must give the numpy features bit for bit and
+    scikit-learn's decision function exactly, on real and hostile names."""
+    from detector.detect.dga import features as F
+
+    if F._cdga is None:
+        pytest.skip("the C extension was not built (no compiler): numpy is the only path")
+    import random
+
+    names = _names(data / "benign/alexa_top100k_2015.csv", 30000, column=1)
+    for fam in sorted((data / "dga/families").iterdir())[:40]:
+        names += _names(fam, 200) if fam.is_file() else []
+    rnd = random.Random(3)
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789-_.\u00e9\u4e2d\x00"
+    names += ["".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 80))) + ".com" for _ in range(3000)]
+    names += ["", ".", "a" * 200 + ".net", "x.y.z.duckdns.org"]
+    labels, subs, tlds = split_many(names)
+    xc = F.extract_parts(labels, subs, tlds, model.tables)
+    xn = F.extract_parts_numpy(labels, subs, tlds, model.tables)
+    assert xc.shape == xn.shape == (len(names), len(FEATURES))
+    diff = np.argwhere(xc != xn)
+    assert len(diff) == 0, [(labels[r], FEATURES[c], xc[r, c], xn[r, c]) for r, c in diff[:5]]
+    np.testing.assert_array_equal(model.decision_function(xn), model.clf.decision_function(xn))
+
+
 # --- detector score -----------------------------------------------------------------
 
 def test_score_reads_stdin_and_writes_one_object_per_line(model):

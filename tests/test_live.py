@@ -297,3 +297,20 @@ def test_glibc_getaddrinfo_in_another_network_namespace_is_attributed(tmp_path):
     assert qtypes == ["A", "AAAA"], mine
     assert all(e["process"]["pid"] == pid for e in mine)
     assert sum(1 for e in mine if e["kind"] == "response") == 2
+
+
+def test_live_demo_catches_its_bot_and_the_alerts_reach_the_topic():
+    """The README's first command on a live host: the embedded broker, live
+    capture, and the loopback demo-bot; the tunnel and DGA alerts must name
+    the bot's process and be read back from the topic."""
+    r = subprocess.run(DETECTOR + ["demo", "--source", "live", "--duration", "12", "--format", "ecs"],
+                       capture_output=True, text=True, timeout=180, cwd=REPO)
+    assert r.returncode in (0, 1), r.stderr[-3000:]
+    alerts = [json.loads(x) for x in r.stdout.splitlines()
+              if x.startswith("{") and '"kind":"alert"' in x.replace(" ", "")]
+    rules = {a["rule"]["id"] for a in alerts}
+    assert {"dns-tunnel", "dns-dga"} <= rules, (rules, r.stderr[-2000:])
+    bot = [a for a in alerts if a["rule"]["id"] in ("dns-tunnel", "dns-dga")]
+    assert all(a["process"]["name"] == "demo-bot" and a["process"]["pid"] > 0 for a in bot)
+    read_back = [ln for ln in r.stderr.splitlines() if "read back from topic" in ln]
+    assert read_back and int(read_back[0].split()[1]) == len(alerts), r.stderr[-2000:]

@@ -1,7 +1,9 @@
 """`detector demo`: the main job on an embedded default.
 
 Starts the embedded Kafka-protocol broker, runs the pipeline on live eBPF
-capture when this host allows it (root, BCC, kernel headers), otherwise on the
+capture when this host allows it (root, BCC, kernel headers; a loopback
+``demo-bot`` process then plays a DGA walk and a DNS tunnel so there is
+something to catch, see detector/demo_traffic.py), otherwise on the
 bundled capture (detector/data/demo.pcap, synthetic: a DGA, a tunnel, a
 resolver bypass and a sick resolver among ordinary browsing), prints the
 alerts, and reads them back from the ``dns-alerts`` topic to show they arrived.
@@ -11,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
+import threading
 import time
 
 from detector import errors
@@ -31,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="live capture length (default 20 s)")
     p.add_argument("--format", choices=("ecs", "jsonl", "ocsf"), default="ecs")
     p.add_argument("--no-broker", action="store_true", help="skip the embedded broker")
+    p.add_argument("--no-sample", action="store_true",
+                   help="live: do not start the demo-bot (sample DGA and tunnel traffic on loopback)")
     p.set_defaults(func=run)
 
 
@@ -49,12 +55,17 @@ def run(args: argparse.Namespace) -> int:
         broker = EmbeddedBroker(topics={"dns-alerts": 1, "dns-events": 1})
         broker.start()
         _say(f"embedded Kafka broker (tansu) on {broker.bootstrap}, topic dns-alerts")
+    traffic = None
     try:
-        argv = _pipeline_argv(args, source, broker)
+        if source == "live" and not args.no_sample:
+            traffic = _SampleTraffic().start()
+        argv = _pipeline_argv(args, source, broker, traffic)
         from detector.cli import main as cli_main
 
         _say("running: detector " + " ".join(argv))
         code = cli_main(argv)
+        if traffic is not None:
+            traffic.stop()
         if broker is not None:
             n = _read_back(broker.bootstrap)
             _say(f"{n} alert(s) read back from topic dns-alerts on {broker.bootstrap}")
@@ -63,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
                 return errors.SINK
         return code
     finally:
+        if traffic is not None:
+            traffic.stop()
         if broker is not None:
             broker.stop()
 
@@ -71,13 +84,52 @@ def _expected_alerts(source: str) -> bool:
     return source == "pcap"
 
 
-def _pipeline_argv(args: argparse.Namespace, source: str, broker) -> list[str]:
+class _SampleTraffic:
+    """The loopback responder, and the ``demo-bot`` child once the probes are armed."""
+
+    def __init__(self) -> None:
+        from detector.demo_traffic import Responder
+
+        self.responder = Responder()
+        self.port = self.responder.port
+        self.child = None
+        self._thread = threading.Thread(target=self._launch, name="demo-bot-launcher", daemon=True)
+        self._done = threading.Event()
+
+    def start(self) -> "_SampleTraffic":
+        self.responder.start()
+        self._thread.start()
+        return self
+
+    def _launch(self) -> None:
+        from detector.commands.live import ARMED
+
+        while not ARMED.wait(0.2):
+            if self._done.is_set():
+                return
+        time.sleep(0.5)  # the reader thread is draining by now
+        _say(f"starting demo-bot: a DGA walk and a DNS tunnel to 127.0.0.1:{self.port} (loopback only)")
+        self.child = subprocess.Popen([sys.executable, "-m", "detector.demo_traffic", str(self.port)])
+
+    def stop(self) -> None:
+        self._done.set()
+        if self.child is not None and self.child.poll() is None:
+            self.child.terminate()
+            try:
+                self.child.wait(5)
+            except subprocess.TimeoutExpired:
+                self.child.kill()
+        self.responder.stop()
+
+
+def _pipeline_argv(args: argparse.Namespace, source: str, broker, traffic=None) -> list[str]:
     rules = ["--rules", str(_rules_dir()), "--rules", str(bundled(DEMO_ALLOWLIST))]
     kafka = ["--kafka", broker.bootstrap] if broker is not None else []
     common = ["--format", args.format] + rules + kafka
     if source == "live":
         _say(f"live eBPF capture for {args.duration:.0f} s (root, BCC): DNS with the process behind it")
-        return ["live", "--duration", str(args.duration), "--events"] + common
+        ports = ["--ports", f"53,{traffic.port}"] if traffic is not None else []
+        return ["live", "--duration", str(args.duration), "--events"] + ports + common
     pcap = args.pcap or str(bundled("demo.pcap"))
     _say(f"replaying {pcap}")
     return ["replay", "pcap", pcap] + common

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import threading
 import time
 
 from detector import errors
 from detector.commands.common import add_pipeline_args, build_pipeline, port_list, print_summary
 from detector.errors import DetectorError
+
+#: set while probes are attached (the demo starts its sample traffic on it)
+ARMED = threading.Event()
 
 HELP = """\
 Capture DNS live with eBPF (BCC) and run the detection pipeline on it.
@@ -73,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
         ports = ",".join(str(x) for x in sorted(args.ports))
         print(f"detector: capturing DNS on ports {ports} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    ARMED.set()
     t0 = time.monotonic()
     end = None if args.duration is None else t0 + args.duration
     interrupted = False
@@ -91,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         interrupted = True
     finally:
+        ARMED.clear()
         cap.close()
         stats = pipe.close()
         if publisher is not None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from collections.abc import Iterator
 
@@ -24,7 +23,6 @@ from detector import errors
 from detector.errors import DetectorError
 
 CHUNK = 32768
-_SAFE = re.compile(r"[a-z0-9.\-]*")  # names needing no JSON escaping
 _CACHE_MAX = 1 << 20
 
 
@@ -76,14 +74,12 @@ class Scorer:
 
     def __init__(self, model, threshold: float | None = None, top: int = 3) -> None:
         from detector.detect.dga import _LOCAL_SUFFIXES, excluded
-        from detector.detect.dga.features import FEATURES
 
         self.model = model
         self.threshold = model.threshold if threshold is None else threshold
         self.top = max(0, top)
         self.excluded = excluded
         self.maybe_excluded = (".arpa",) + _LOCAL_SUFFIXES
-        self.fnames = [json.dumps(f) for f in FEATURES]
         self.cache: dict[str, str] = {}
         self.unique = 0
 
@@ -116,33 +112,30 @@ class Scorer:
         return [cache[n] for n in names]
 
     def _score(self, names: list[str], np) -> None:
+        import orjson
+
+        from detector.detect.dga.features import FEATURES
+
         m = self.model
         X = m.features(names)
         p = m.proba_from_features(X).tolist()
         thr = self.threshold
         k = self.top
-        fn = self.fnames
+        fn = FEATURES
         cache = self.cache
-        safe = _SAFE.fullmatch
-        dumps = json.dumps
+        dumps = orjson.dumps
         if k:
             z = np.abs((X - m.center) / m.scale)
-            top = np.argsort(-z, axis=1)[:, :k]
+            top = np.argsort(-z, axis=1, kind="stable")[:, :k]
             vals = np.take_along_axis(X, top, 1).astype(np.float64).round(3).tolist()
             top = top.tolist()
-            tmpl = '{"domain":%s,"dga_score":%.4f,"dga_alert":%s,"top_features":{' + \
-                ",".join(["%s:%.10g"] * k) + "}}"
             for n, s, t, v in zip(names, p, top, vals):
-                args = ['"' + n + '"' if safe(n) else dumps(n), s, "true" if s >= thr else "false"]
-                for j, x in zip(t, v):
-                    args.append(fn[j])
-                    args.append(x)
-                cache[n] = tmpl % tuple(args)
+                cache[n] = dumps({"domain": n, "dga_score": round(s, 4), "dga_alert": s >= thr,
+                                  "top_features": {fn[j]: x for j, x in zip(t, v)}}).decode()
         else:
             for n, s in zip(names, p):
-                dn = '"' + n + '"' if safe(n) else dumps(n)
-                cache[n] = ('{"domain":%s,"dga_score":%.4f,"dga_alert":%s,"top_features":{}}'
-                            % (dn, s, "true" if s >= thr else "false"))
+                cache[n] = dumps({"domain": n, "dga_score": round(s, 4), "dga_alert": s >= thr,
+                                  "top_features": {}}).decode()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -45,6 +45,7 @@ class DgaModel:
         self.scale = np.ones(F.NF, np.float32)
         self.metadata: dict[str, Any] = {}
         self._cache: OrderedDict[str, tuple[float, list]] = OrderedDict()
+        self._flat: tuple | bool | None = None  # the forest flattened for the C walker
 
     # --- training ---------------------------------------------------------------
     def fit(self, names: list[str], y: np.ndarray, sample_weight: np.ndarray | None = None,
@@ -65,6 +66,7 @@ class DgaModel:
             min_samples_leaf=50, l2_regularization=1.0, early_stopping=False,
             monotonic_cst=cst, random_state=self.seed)
         self.clf.fit(X, y, sample_weight=sample_weight)
+        self._flat = None
         ben = X[y == 0]
         self.center = np.median(ben, 0).astype(np.float32)
         q = np.percentile(ben, [10, 90], axis=0)
@@ -91,16 +93,41 @@ class DgaModel:
         threshold for FPR 1e-4 could not be placed between them)."""
         if not len(X):
             return np.zeros(0)
-        raw = self.clf.decision_function(X)
+        raw = self.decision_function(X)
         return 1.0 / (1.0 + np.exp(-raw / TEMPERATURE))
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        """The classifier's log-odds: walked in C when the extension is built
+        (same sums as scikit-learn's, without its per-call thread setup)."""
+        flat = self._forest()
+        if flat is None:
+            return self.clf.decision_function(X)
+        X = np.ascontiguousarray(X, np.float32)
+        out = np.empty(len(X), np.float64)
+        F._cdga.forest(X, *flat, out)
+        return out
+
+    def _forest(self) -> tuple | None:
+        """The trees as flat node arrays for the C walker, or None (no C, or a
+        split kind it does not walk)."""
+        if self._flat is None:
+            self._flat = False
+            preds = getattr(self.clf, "_predictors", None)
+            if F._cdga is not None and preds and all(len(p) == 1 for p in preds):
+                nodes = [p[0].nodes for p in preds]
+                if not any(nd["is_categorical"].any() for nd in nodes):
+                    self._flat = _pack_forest(nodes, float(np.ravel(self.clf._baseline_prediction)[0]))
+        return self._flat or None
 
     def explain(self, X: np.ndarray, k: int = 3) -> list[list[tuple[str, float]]]:
         """The k features furthest from the benign median, per row (name, value)."""
         if not len(X):
             return []
         z = np.abs((X - self.center) / self.scale)
-        top = np.argsort(-z, axis=1)[:, :k]
-        return [[(F.FEATURES[j], round(float(X[i, j]), 3)) for j in row] for i, row in enumerate(top)]
+        top = np.argsort(-z, axis=1, kind="stable")[:, :k]
+        vals = np.round(np.take_along_axis(X, top, 1).astype(np.float64), 3).tolist()
+        names = F.FEATURES
+        return [list(zip([names[j] for j in row], v)) for row, v in zip(top.tolist(), vals)]
 
     def score_many(self, names: list[str], k: int = 3) -> list[tuple[float, list]]:
         """(score, top features) per name, from a bounded cache where possible."""
@@ -190,6 +217,34 @@ class DgaModel:
         m.tables = F.Tables(st["bigram"], st["trigram"], seen, words, np.unique(F._hash_words(words)))
         m.metadata = st.get("metadata", {})
         return m
+
+
+_NODE = np.dtype([("thr", "<f4"), ("left", "<i4"), ("right", "<i4"), ("feat", "u1"),
+                  ("missing_left", "u1"), ("pad", "<u2")])
+
+
+def _pack_forest(trees: list[np.ndarray], baseline: float) -> tuple:
+    """scikit-learn's predictor nodes as the C walker's arrays (see ``_cdga.c``):
+    packed nodes with global child indices (a leaf points to itself), roots,
+    depths, leaf values, baseline."""
+    sizes = [len(nd) for nd in trees]
+    offs = np.cumsum([0] + sizes)
+    cat = np.concatenate(trees)
+    self_idx = np.arange(len(cat), dtype=np.int64)
+    shift = np.repeat(offs[:-1], sizes)
+    leaf = cat["is_leaf"].astype(bool)
+    thr64 = cat["num_threshold"].astype(np.float64)
+    thr = thr64.astype(np.float32)
+    over = thr.astype(np.float64) > thr64  # round down: x <= thr32 iff x <= thr64 for float32 x
+    thr[over] = np.nextafter(thr[over], np.float32(-np.inf))
+    out = np.zeros(len(cat), _NODE)
+    out["thr"] = thr
+    out["left"] = np.where(leaf, self_idx, cat["left"] + shift)
+    out["right"] = np.where(leaf, self_idx, cat["right"] + shift)
+    out["feat"] = np.where(leaf, 0, cat["feature_idx"])
+    out["missing_left"] = cat["missing_go_to_left"]
+    depths = np.array([int(nd["depth"].max()) for nd in trees], np.int32)
+    return (out, offs[:-1].astype(np.int32), depths, cat["value"].astype(np.float64), baseline)
 
 
 _LOADED: dict[str, DgaModel] = {}
