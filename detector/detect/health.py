@@ -68,6 +68,9 @@ class Health(Detector):
         self.wins: OrderedDict[tuple[str, str], _Win] = OrderedDict()
         self.start: float | None = None
         self.rng = random.Random(0)
+        self._rand = self.rng.random
+        self._per_process = bool(self.p["per_process"])
+        self._max_keys = int(self.p["max_keys"])
         self.last: dict[str, dict] = {}  # resolver -> figures of the last closed window
 
     def process(self, ev: DnsEvent) -> list[Finding]:
@@ -78,7 +81,7 @@ class Health(Detector):
             out = self.tick(ev.ts)
         srv = ev.server[0]
         keys = [("", srv)]
-        if self.p["per_process"]:
+        if self._per_process:
             p = ev.process
             keys.append((f"{p.comm or '?'}[{p.pid}]" if p is not None and p.pid else ev.client[0], srv))
         timeout = ev.kind == "unanswered"
@@ -86,7 +89,7 @@ class Health(Detector):
             w = self.wins.get(k)
             if w is None:
                 w = self.wins[k] = _Win()
-                if len(self.wins) > self.p["max_keys"]:
+                if len(self.wins) > self._max_keys:
                     self.wins.popitem(last=False)
             w.n += 1
             w.ev = ev
@@ -102,7 +105,7 @@ class Health(Detector):
                 if len(w.lat) < SAMPLE:
                     w.lat.append(ev.latency)
                 else:
-                    j = self.rng.randrange(w.seen)
+                    j = int(self._rand() * w.seen)  # reservoir sampling (Algorithm R)
                     if j < SAMPLE:
                         w.lat[j] = ev.latency
         return out

@@ -45,15 +45,28 @@ _B64 = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789
 
 
 def entropy(s: str) -> float:
-    """Shannon entropy in bits per character."""
+    """Shannon entropy in bits per character: log2(n) - sum(c log2 c) / n."""
     n = len(s)
     if n == 0:
         return 0.0
-    h = 0.0
-    for c in Counter(s).values():
-        p = c / n
-        h -= p * math.log2(p)
-    return h
+    log2 = math.log2
+    return max(0.0, log2(n) - sum(c * log2(c) for c in map(s.count, set(s))) / n)
+
+
+_SHAPES: dict[str, tuple[int, float, str | None]] = {}
+
+
+def shape(sub: str) -> tuple[int, float, str | None]:
+    """(longest label length, entropy, encoding alphabet of the longest label) of a
+    subdomain; cached briefly, since the tunnel and exfil rules see the same names."""
+    r = _SHAPES.get(sub)
+    if r is None:
+        longest = max(sub.split("."), key=len)
+        r = (len(longest), entropy(sub.replace(".", "")), alphabet(longest))
+        if len(_SHAPES) >= 4096:
+            _SHAPES.clear()
+        _SHAPES[sub] = r
+    return r
 
 
 def alphabet(label: str) -> str | None:
@@ -209,14 +222,11 @@ class _Base(Detector):
 
     def _shape(self, h: _Half, sub: str) -> None:
         h.name_bytes += len(sub)
-        labels = sub.split(".")
-        longest = max(labels, key=len)
-        ll = len(longest)
+        ll, ent, kind = shape(sub)
         h.label_sum += ll
         if ll > h.label_max:
             h.label_max = ll
-        h.ent_sum += entropy(sub.replace(".", ""))
-        kind = alphabet(longest)
+        h.ent_sum += ent
         if kind is not None:
             h.encoded += 1
             h.enc_kinds[kind] = h.enc_kinds.get(kind, 0) + 1
