@@ -314,3 +314,52 @@ def test_live_demo_catches_its_bot_and_the_alerts_reach_the_topic():
     assert all(a["process"]["name"] == "demo-bot" and a["process"]["pid"] > 0 for a in bot)
     read_back = [ln for ln in r.stderr.splitlines() if "read back from topic" in ln]
     assert read_back and int(read_back[0].split()[1]) == len(alerts), r.stderr[-2000:]
+
+
+def test_real_iodine_through_live_capture_alerts_with_iodines_pid(tmp_path):
+    """Debian's iodine client tunnels to iodined in another network namespace
+    while `detector live` runs: the tunnel alert must name iodine's pid."""
+    from tests.netns import NetnsPair
+    from tests.test_tunnel import SEND, SINK
+
+    for tool in ("iodine", "iodined"):
+        assert shutil.which(tool), f"{tool} missing: ./setup.sh installs it"
+    out = tmp_path / "alerts.jsonl"
+    det = subprocess.Popen(DETECTOR + ["live", "--duration", "90", "--format", "ecs", "-o", str(out),
+                                       "--rules", str(REPO / "rules")],
+                           stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        t = time.monotonic()
+        while time.monotonic() - t < 120:
+            line = det.stderr.readline()
+            if "capturing DNS" in line or not line:
+                break
+        assert "capturing DNS" in line, "detector live did not start"
+        with NetnsPair(prefix="li", subnet="10.96.0") as net:
+            net.popen("server", ["iodined", "-f", "-c", "-P", "testpass", "-l", net.ip["server"],
+                                 "192.168.98.1", "t.test"])
+            time.sleep(1)
+            cli = net.popen("client", ["iodine", "-f", "-m", "1000", "-P", "testpass", "-r",
+                                       net.ip["server"], "t.test"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+            t = time.monotonic()
+            line = ""
+            while time.monotonic() - t < 30 and "Connection setup complete" not in line:
+                line = cli.stdout.readline()
+            assert "Connection setup complete" in line
+            sink = net.popen("server", [sys.executable, "-c", SINK, "192.168.98.1", "9000"],
+                             stdout=subprocess.PIPE, text=True)
+            time.sleep(0.5)
+            r = net.run("client", [sys.executable, "-c", SEND, "192.168.98.1", "9000"])
+            assert r.returncode == 0, r.stderr
+            assert sink.wait(30) == 0 and int(sink.stdout.read()) == 30000  # data went through
+            time.sleep(2)
+            iodine_pid = cli.pid
+    finally:
+        det.send_signal(2)  # SIGINT: detach and flush
+        det.wait(60)
+    alerts = [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
+    tun = [a for a in alerts if a["rule"]["id"] == "dns-tunnel"]
+    assert tun, f"no tunnel alert from the live capture ({len(alerts)} alerts)"
+    assert any(a["process"]["pid"] == iodine_pid and a["process"]["name"] == "iodine" for a in tun), \
+        [(a["process"].get("pid"), a["process"].get("name")) for a in tun]
