@@ -320,7 +320,7 @@ def test_real_iodine_through_live_capture_alerts_with_iodines_pid(tmp_path):
     """Debian's iodine client tunnels to iodined in another network namespace
     while `detector live` runs: the tunnel alert must name iodine's pid."""
     from tests.netns import NetnsPair
-    from tests.test_tunnel import SEND, SINK
+    from tests.test_tunnel import iodine_session
 
     for tool in ("iodine", "iodined"):
         assert shutil.which(tool), f"{tool} missing: ./setup.sh installs it"
@@ -336,25 +336,8 @@ def test_real_iodine_through_live_capture_alerts_with_iodines_pid(tmp_path):
                 break
         assert "capturing DNS" in line, "detector live did not start"
         with NetnsPair(prefix="li", subnet="10.96.0") as net:
-            net.popen("server", ["iodined", "-f", "-c", "-P", "testpass", "-l", net.ip["server"],
-                                 "192.168.98.1", "t.test"])
+            iodine_pid = iodine_session(net, "192.168.98.1")
             time.sleep(1)
-            cli = net.popen("client", ["iodine", "-f", "-m", "1000", "-P", "testpass", "-r",
-                                       net.ip["server"], "t.test"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-            t = time.monotonic()
-            line = ""
-            while time.monotonic() - t < 30 and "Connection setup complete" not in line:
-                line = cli.stdout.readline()
-            assert "Connection setup complete" in line
-            sink = net.popen("server", [sys.executable, "-c", SINK, "192.168.98.1", "9000"],
-                             stdout=subprocess.PIPE, text=True)
-            time.sleep(0.5)
-            r = net.run("client", [sys.executable, "-c", SEND, "192.168.98.1", "9000"])
-            assert r.returncode == 0, r.stderr
-            assert sink.wait(30) == 0 and int(sink.stdout.read()) == 30000  # data went through
-            time.sleep(2)
-            iodine_pid = cli.pid
     finally:
         det.send_signal(2)  # SIGINT: detach and flush
         det.wait(60)

@@ -8,6 +8,8 @@ must alert; benign captures and benign name lists must raise none.
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 import random
 import shutil
@@ -186,6 +188,31 @@ SEND = ("import socket,os,sys,time;c=socket.create_connection((sys.argv[1],int(s
         "for _ in range(10):\n c.sendall(os.urandom(3000)); time.sleep(0.3)\nc.close()")
 
 
+def iodine_session(net, tun_ip: str, capture: Path | None = None) -> int:
+    """Run iodined on the server side and iodine on the client side of ``net``
+    (a tests.netns.NetnsPair), push 30 kB through the tunnel to ``tun_ip``
+    (the server's tunnel address) and check it arrived; return iodine's pid.
+    With ``capture``, tcpdump records the client side's DNS meanwhile."""
+    net.popen("server", ["iodined", "-f", "-c", "-P", "testpass", "-l", net.ip["server"], tun_ip, "t.test"])
+    time.sleep(1)
+    with net.capture("client", capture) if capture else contextlib.nullcontext():
+        cli = net.popen("client", ["iodine", "-f", "-m", "1000", "-P", "testpass", "-r",
+                                   net.ip["server"], "t.test"], stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT, text=True)
+        t = time.monotonic()
+        line = ""
+        while time.monotonic() - t < 30 and "Connection setup complete" not in line:
+            line = cli.stdout.readline()
+        assert "Connection setup complete" in line
+        sink = net.popen("server", [sys.executable, "-c", SINK, tun_ip, "9000"], stdout=subprocess.PIPE, text=True)
+        time.sleep(0.5)
+        r = net.run("client", [sys.executable, "-c", SEND, tun_ip, "9000"])
+        assert r.returncode == 0, r.stderr
+        assert sink.wait(30) == 0 and int(sink.stdout.read()) == 30000  # data went through
+        time.sleep(1)
+    return cli.pid
+
+
 @needs_root
 def test_real_iodine_session_raises_the_tunnel_alert(tmp_path):
     from tests.netns import NetnsPair
@@ -194,24 +221,7 @@ def test_real_iodine_session_raises_the_tunnel_alert(tmp_path):
         assert shutil.which(tool), f"{tool} missing: ./setup.sh installs it"
     pcap = tmp_path / "iodine.pcap"
     with NetnsPair(prefix="io") as net:
-        net.popen("server", ["iodined", "-f", "-c", "-P", "testpass", "-l", net.ip["server"],
-                             "192.168.99.1", "t.test"])
-        time.sleep(1)
-        with net.capture("client", pcap):
-            cli = net.popen("client", ["iodine", "-f", "-m", "1000", "-P", "testpass", "-r",
-                                       net.ip["server"], "t.test"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-            t = time.monotonic()
-            line = ""
-            while time.monotonic() - t < 30 and "Connection setup complete" not in line:
-                line = cli.stdout.readline()
-            assert "Connection setup complete" in line
-            sink = net.popen("server", [sys.executable, "-c", SINK, "192.168.99.1", "9000"],
-                             stdout=subprocess.PIPE, text=True)
-            time.sleep(0.5)
-            r = net.run("client", [sys.executable, "-c", SEND, "192.168.99.1", "9000"])
-            assert r.returncode == 0, r.stderr
-            assert sink.wait(30) == 0 and int(sink.stdout.read()) == 30000  # data went through
+        iodine_session(net, "192.168.99.1", capture=pcap)
     first = _first_ts(pcap)
     alerts = _alerts_after(pcap)
     tun = [a for a in alerts if a["rule_id"] == "dns-tunnel"]
