@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -346,3 +347,32 @@ def test_real_iodine_through_live_capture_alerts_with_iodines_pid(tmp_path):
     assert tun, f"no tunnel alert from the live capture ({len(alerts)} alerts)"
     assert any(a["process"]["pid"] == iodine_pid and a["process"]["name"] == "iodine" for a in tun), \
         [(a["process"].get("pid"), a["process"].get("name")) for a in tun]
+
+
+def test_dns_between_two_namespaces_of_this_host_is_reported_once_with_the_client(tmp_path):
+    """A client and a resolver in two network namespaces of one host (a pod and a
+    node-local resolver): each message passes the sender's egress and the
+    receiver's ingress, yet is reported once, with the client's process on both
+    the query and the response, and no phantom unanswered query."""
+    from tests.netns import NetnsPair
+
+    dnsmasq = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
+    with NetnsPair(prefix="dup", subnet="10.95.0") as net:
+        net.popen("server", [dnsmasq, "-k", "--no-resolv", "--no-hosts", "--address=/#/1.2.3.4",
+                             f"--listen-address={net.ip['server']}", "--bind-interfaces", "-z",
+                             "--user=root", "--pid-file="])
+        time.sleep(0.5)
+        live = start_live(53, 8, "--query-timeout", "2")
+        pids = []
+        for i in range(3):
+            r = net.run("client", [sys.executable, "-c", CLIENT, "udp", net.ip["server"], "53",
+                                   f"ns{i}.dup.example.com"])
+            assert r.returncode == 0, r.stderr
+            pids.append(int(r.stdout.strip()))
+        out, err = live.communicate(timeout=60)
+    evs = [json.loads(x) for x in out.splitlines() if x.startswith("{") and "kind" in x]
+    mine = [e for e in evs if e.get("qname", "").endswith("dup.example.com")]
+    kinds = Counter(e["kind"] for e in mine)
+    assert kinds == {"query": 3, "response": 3}, (kinds, err[-1500:])  # no copy, no unanswered
+    for e in mine:
+        assert e["process"]["pid"] == pids[int(e["qname"][2])], e

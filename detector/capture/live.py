@@ -48,7 +48,8 @@ CONN_PORTS = (853,)
 DRAIN_INTERVAL = 0.02  # seconds between ring buffer drains
 STUB_WINDOW = 2.0  # seconds between an application's query to a stub and the stub's upstream query
 KIND_PACKET, KIND_CONNECT = 0, 1
-DIR_EGRESS = 0
+DIR_EGRESS, DIR_INGRESS = 0, 1
+DUP_WINDOW = 0.25  # seconds: a message seen again this soon, same addresses and bytes, is a copy
 
 
 def cgroup2_root() -> str | None:
@@ -154,7 +155,9 @@ class LiveCapture:
         self._reader: threading.Thread | None = None
         self._stop = threading.Event()
         self.stats = {"packets": 0, "dns_messages": 0, "parse_errors": 0, "truncated_copies": 0,
-                      "connects": 0, "stub_linked": 0}
+                      "connects": 0, "stub_linked": 0, "duplicate_copies": 0}
+        # the last DUP_WINDOW seconds of messages: (transport, addresses, bytes) -> (ts, event)
+        self.recent: OrderedDict[tuple, tuple[float, DnsEvent]] = OrderedDict()
         self.links: OrderedDict[tuple[str, int], tuple[float, ProcessInfo]] = OrderedDict()
         self.b["events"].open_ring_buffer(self._on_event)
 
@@ -215,18 +218,38 @@ class LiveCapture:
             self.stats["truncated_copies"] += 1
         payload = ct.string_at(ct.addressof(e.data), n)
         if e.proto == 17:
-            self._dns(ts, "udp", e.family, src, e.sport, dst, e.dport, payload, proc)
+            self._dns(ts, "udp", e.family, src, e.sport, dst, e.dport, payload, proc, e.dir)
         else:
             for m in self.tcp.segment((src, e.sport, dst, e.dport, e.family), e.seq, e.tcp_flags,
                                       payload, ts):
-                self._dns(ts, "tcp", e.family, src, e.sport, dst, e.dport, m, proc)
+                self._dns(ts, "tcp", e.family, src, e.sport, dst, e.dport, m, proc, e.dir)
 
-    def _dns(self, ts, transport, ipv, src, sport, dst, dport, payload, proc) -> None:
+    def _dns(self, ts, transport, ipv, src, sport, dst, dport, payload, proc, direction=DIR_EGRESS) -> None:
+        # A message between two network namespaces of this host (a pod and a node-local
+        # resolver, a container and the host) passes two sockets: the sender's egress and
+        # the receiver's ingress. Report it once, with the client's process: the sender
+        # of a query, the receiver of a response.
+        key = (transport, src, sport, dst, dport, payload)
+        recent = self.recent
+        while recent:
+            k0, (t0, _) = next(iter(recent.items()))
+            if ts - t0 <= DUP_WINDOW and len(recent) < 65536:
+                break
+            del recent[k0]
+        seen = recent.get(key)
+        if seen is not None:
+            self.stats["duplicate_copies"] += 1
+            first = seen[1]
+            client_side = (direction == DIR_INGRESS) if first.qr else (direction == DIR_EGRESS)
+            if proc is not None and (first.process is None or client_side):
+                first.process = proc
+            return
         try:
             ev: DnsEvent = decode(payload, ts, transport, ipv, src, sport, dst, dport)
         except DnsParseError:
             self.stats["parse_errors"] += 1
             return
+        recent[key] = (ts, ev)
         self.stats["dns_messages"] += 1
         ev.process = proc
         if not ev.qr and ev.questions:
