@@ -2,8 +2,10 @@
 
 Real tools: Debian's iodine/iodined and dns2tcpc/dns2tcpd run in two network
 namespaces; tcpdump records the veth; `detector replay pcap` must raise the
-tunnel alert within 30 s of the first tunnel packet. Shared tunnel captures
-must alert; benign captures and benign name lists must raise none.
+tunnel alert within 5 s (capture time) of the tool's first query, as for the
+shared iodine and dns2tcp captures and a dnstt-style Noise tunnel built here.
+Shared tunnel captures must alert; benign captures and benign name lists must
+raise none. Small exfiltration has its own tests (tests/test_exfil.py).
 """
 
 from __future__ import annotations
@@ -140,8 +142,9 @@ def test_unknown_tool_caught_without_fingerprints():
         chunk = base64.b32encode(rnd.randbytes(30)).decode().rstrip("=").lower()
         names.append(f"{chunk}.{i:x}.cdn-sync.net")
     docs = _run(_events({"10.9.9.9": names}, gap=0.2))
-    assert docs and docs[0]["entity"] == "10.9.9.9" and docs[0]["domain"] == "cdn-sync.net"
-    assert any("encoded names" in s for s in docs[0]["features"]["indicators"])
+    tun = [d for d in docs if d["rule_id"] == "dns-tunnel"]
+    assert tun and tun[0]["entity"] == "10.9.9.9" and tun[0]["domain"] == "cdn-sync.net"
+    assert any("encoded names" in s for s in tun[0]["features"]["indicators"])
 
 
 def test_state_is_bounded_under_a_random_subdomain_flood():
@@ -170,22 +173,64 @@ def test_state_is_bounded_under_a_random_subdomain_flood():
 needs_root = pytest.mark.skipif(not ROOT, reason="network namespaces need root")
 
 
-def _alerts_after(pcap: Path, first_ts: float | None = None) -> list[dict]:
-    res = run_detector("replay", "pcap", str(pcap), "--format", "jsonl", "-q")
+def _alerts_after(pcap: Path) -> list[dict]:
+    """`detector replay pcap` with the tunnel and exfiltration rules: their alerts."""
+    rules = [a for f in ("tunnel.yaml", "exfil.yaml", "allowlist.yaml")
+             for a in ("--rules", str(REPO / "rules" / f))]
+    res = run_detector("replay", "pcap", str(pcap), "--format", "jsonl", "-q", *rules)
     assert res.returncode == 0, res.stderr
     return [d for d in json_lines(res.stdout) if d.get("rule_id") in TUNNEL_RULES]
 
 
-def _first_ts(pcap: Path) -> float:
-    for ts, _, _ in PcapReader(str(pcap)):
-        return ts
-    raise AssertionError("empty capture")
+def _first_query_ts(pcap: Path, client: str) -> float:
+    """Capture time of the first query ``client`` sent."""
+    dec = PacketDecoder()
+    for ts, lt, fr in PcapReader(str(pcap)):
+        for ev in dec.frame(ts, lt, fr):
+            if ev.src_ip == client and not ev.qr and ev.questions:
+                return ev.ts
+    raise AssertionError(f"no query from {client}")
 
 
 SINK = ("import socket,sys;s=socket.create_server((sys.argv[1],int(sys.argv[2])));c,_=s.accept();n=0\n"
         "while True:\n d=c.recv(65536)\n if not d: break\n n+=len(d)\nprint(n)")
 SEND = ("import socket,os,sys,time;c=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=30)\n"
         "for _ in range(10):\n c.sendall(os.urandom(3000)); time.sleep(0.3)\nc.close()")
+
+
+def _assert_tunnel_alert_within_5s(pcap: Path, tool: str, client: str, domain: str) -> float:
+    """Replaying a tool's session raises the tunnel alert for its client and domain
+    within 5 s (capture time) of the client's first query; return that delay."""
+    first = _first_query_ts(pcap, client)
+    tun = [a for a in _alerts_after(pcap) if a["rule_id"] == "dns-tunnel"]
+    assert tun, f"no tunnel alert for a {tool} session"
+    assert tun[0]["entity"] == client and tun[0]["domain"] in (domain, "(no public suffix)")
+    delay = tun[0]["ts"] - first
+    assert delay <= 5, f"{tool}: first tunnel alert {delay:.1f} s after the first query"
+    return delay
+
+
+def test_shared_iodine_and_dns2tcp_captures_alert_within_5s(data):
+    _assert_tunnel_alert_within_5s(data / "tunnel" / "iodine_elastic_examples.pcap", "iodine",
+                                   "10.0.2.30", "pirate.sea")
+    _assert_tunnel_alert_within_5s(data / "tunnel" / "dns2tcp_netrack_2018-03-23.pcap", "dns2tcp",
+                                   "172.17.0.3", "hidemyself.org")
+
+
+def test_dnstt_style_noise_tunnel_alerts_within_5s(tmp_path, data):
+    """A dnstt-style session (base32 labels of Noise-encrypted data, TXT queries, one
+    every ~0.2 s: a short burst of data, then polls) among ordinary lookups."""
+    from tests.dns_sessions import T0, Capture, benign_names, dnstt
+
+    rnd = random.Random(4)
+    cap = Capture()
+    for i, name in enumerate(benign_names(data, 150, seed=4)):
+        cap.query(T0 - 5 + i * 0.2, f"10.30.0.{10 + i % 4}", name)
+    for off, name, txt in dnstt("t.vpn-relay.net", 30, rnd):
+        cap.query(T0 + off, "10.30.0.5", name, 16, txt=txt)
+    pcap = cap.write(tmp_path / "dnstt.pcap")
+    _assert_tunnel_alert_within_5s(pcap, "dnstt", "10.30.0.5", "vpn-relay.net")
+    assert {a["entity"] for a in _alerts_after(pcap)} == {"10.30.0.5"}
 
 
 def iodine_session(net, tun_ip: str, capture: Path | None = None) -> int:
@@ -222,12 +267,7 @@ def test_real_iodine_session_raises_the_tunnel_alert(tmp_path):
     pcap = tmp_path / "iodine.pcap"
     with NetnsPair(prefix="io") as net:
         iodine_session(net, "192.168.99.1", capture=pcap)
-    first = _first_ts(pcap)
-    alerts = _alerts_after(pcap)
-    tun = [a for a in alerts if a["rule_id"] == "dns-tunnel"]
-    assert tun, "no tunnel alert for a real iodine session"
-    assert tun[0]["entity"] == "10.99.0.1" and tun[0]["domain"] in ("t.test", "(no public suffix)")
-    assert tun[0]["ts"] - first <= 30
+    _assert_tunnel_alert_within_5s(pcap, "iodine", "10.99.0.1", "t.test")
 
 
 @needs_root
@@ -251,9 +291,4 @@ def test_real_dns2tcp_session_raises_the_tunnel_alert(tmp_path):
             r = net.run("client", [sys.executable, "-c", SEND, "127.0.0.1", "9100"])
             assert r.returncode == 0, r.stderr
             time.sleep(2)
-    first = _first_ts(pcap)
-    alerts = _alerts_after(pcap)
-    tun = [a for a in alerts if a["rule_id"] == "dns-tunnel"]
-    assert tun, "no tunnel alert for a real dns2tcp session"
-    assert tun[0]["entity"] == "10.98.0.1" and tun[0]["domain"] in ("d2.test", "(no public suffix)")
-    assert tun[0]["ts"] - first <= 30
+    _assert_tunnel_alert_within_5s(pcap, "dns2tcp", "10.98.0.1", "d2.test")

@@ -2,22 +2,27 @@
 
 Per (entity, registered domain), where the entity is the process when known
 and else the client address, the detector keeps windowed counters on event
-time: queries, unique subdomains, bytes carried in names, label length and
-entropy, the share of names written in an encoding alphabet (hex, base32,
-base64), the record-type mix (TXT, NULL, PRIVATE, KEY, ANY, CNAME, MX),
+time: queries, unique subdomains, bytes carried in names, *encoded payload*
+bytes (labels written in hex, base32/36, base64 or raw binary, see
+:func:`label_kind`), label length and entropy, the share of names carrying a
+payload, the record-type mix (TXT, NULL, PRIVATE, KEY, ANY, CNAME, MX),
 NXDOMAIN ratio and response bytes. Windows slide in two halves: the features
 are computed over the previous and the current half-window.
 
-A window is judged when it holds enough unique subdomains and name bytes
-(volume gates); then each *shape* indicator that fires adds to the score, and
-the finding names them. No tool fingerprint is needed: iodine, dns2tcp,
-dnscat2 and a tool never seen before all have to put many unique, long,
-high-entropy encoded names under one domain to move data.
+A window is judged as soon as it holds enough unique subdomains, name bytes
+and payload bytes (volume gates, checked on every query, cheaply); then each
+*shape* indicator that fires adds to the score, and the finding names them.
+No tool fingerprint is needed: iodine, dns2tcp, dnscat2, dnstt and a tool
+never seen before all have to put unique, encoded names under one domain to
+move data. Ordinary names carry no payload bytes: words, hyphenated host
+names, reversed addresses, service labels (``_domainkey``, ``_acme-challenge``).
 
 Two detectors share this code:
 
 * ``tunnel`` (T1572): interactive tunnels; volume gates on a short window.
-* ``exfil`` (T1048.003): bulk data out; large name-byte volume on a longer window.
+* ``exfil`` (T1048.003): data out. Two gates: a small one (100 bytes of
+  encoded payload in new names within a minute: a small file, a key, a
+  password) and the bulk one (a large name-byte volume on a longer window).
 
 State is bounded: at most ``max_keys`` (entity, domain) pairs (least recently
 seen evicted, counted in ``evicted``) and at most ``max_unique`` distinct
@@ -27,6 +32,7 @@ subdomains remembered per half-window (beyond that uniques are estimated).
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter, OrderedDict
 
 from detector.detect.base import Detector, entity_of, register
@@ -41,7 +47,10 @@ _LOCAL = (".local", ".internal", ".lan", ".home", ".localdomain", ".arpa", ".loc
 _HOSTCHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
 _HEX = frozenset("0123456789abcdef")
 _B32 = frozenset("abcdefghijklmnopqrstuvwxyz234567")
-_B64 = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_+/=")
+_DIGITS = frozenset("0123456789")
+_LABEL = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+_B64 = _LABEL | frozenset("+/=*")  # '*' : some tools swap it for '/'
+_ESCAPE = re.compile(r"\\(?:\d{3}|.)")  # the decoder's \DDD and \X escapes: one byte each
 
 
 def entropy(s: str) -> float:
@@ -53,44 +62,86 @@ def entropy(s: str) -> float:
     return max(0.0, log2(n) - sum(c * log2(c) for c in map(s.count, set(s))) / n)
 
 
-_SHAPES: dict[str, tuple[int, float, str | None]] = {}
+def label_kind(label: str) -> str | None:
+    """The encoding a label looks written in: "hex", "base32", "base36" (base32
+    or base64 folded to lower case), "base64", "binary" (raw bytes, iodine's
+    base128), or None for an ordinary label.
+
+    Measured on the shared data, labels of 12+ characters: 0.25% of the labels of
+    the Tranco, OpenDNS and Alexa lists (random-looking registered names), and 97%
+    of the labels of the Bubnov tunnel names and the shared tunnel captures (98% of
+    their bytes) are called encoded.
+    """
+    n = len(label)
+    if n < 10:
+        return None  # sequence numbers, short host names: too short to matter
+    chars = set(label)
+    if not chars <= _LABEL:
+        # characters no host name has: base64's + / =, raw bytes (escaped by the decoder)
+        return "base64" if chars <= _B64 else "binary"
+    if n < 12:
+        return None
+    low = label.lower()
+    digits = sum(c in _DIGITS for c in low)
+    if set(low) <= _HEX:
+        return "hex" if 0 < digits < n else None  # all digits: numbers, not hex data
+    if not digits:
+        return None  # letters only: words (random base32 of 20+ characters has a digit)
+    mixed = label != low and label != label.upper()
+    if not mixed and ("-" in chars or "_" in chars):
+        # a hyphenated host name (ip-10-0-0-1, r3---sn-ab5l6n), unless a long piece of
+        # it is encoded: base64url folded to lower case has '-' and '_' anywhere
+        piece = max(low.replace("_", "-").split("-"), key=len)
+        return label_kind(piece) if len(piece) >= 16 else None
+    letters = n - digits - low.count("-") - low.count("_")
+    if low.count("e") + low.count("i") + low.count("o") + low.count("u") > 0.3 * letters:
+        return None  # pronounceable (random letters: 15% of these vowels, words 30%+)
+    flips = sum((a in _DIGITS) != (b in _DIGITS) for a, b in zip(low, low[1:]))
+    if flips < 3:
+        return None  # a word and a number: windows10, latestnews24x7 has 3, random 20 chars ~6
+    if entropy(low) < 0.7 * math.log2(min(n, 32)):
+        return None  # repetitive (padding, counters)
+    return "base64" if mixed else "base32" if set(low) <= _B32 else "base36"
 
 
-def shape(sub: str) -> tuple[int, float, str | None]:
-    """(longest label length, entropy, encoding alphabet of the longest label) of a
-    subdomain; cached briefly, since the tunnel and exfil rules see the same names."""
+def _service_label(label: str) -> bool:
+    """An RFC 8552 underscored label (_domainkey, _dmarc, _acme-challenge, _tcp, _25):
+    the name is a lookup of a published record, and the label left of it (a DKIM
+    selector, an ACME account) is an identifier, not data."""
+    return label[:1] == "_" and len(label) <= 24 and label == label.lower()
+
+
+_SHAPES: dict[str, tuple[int, float, str | None, int]] = {}
+
+
+def shape(sub: str) -> tuple[int, float, str | None, int]:
+    """(longest label length, entropy, encoding of the main payload label, payload
+    bytes) of a subdomain; cached briefly, since the tunnel and exfil rules see the
+    same names. Payload bytes are the wire bytes of the labels that look encoded."""
     r = _SHAPES.get(sub)
     if r is None:
-        longest = max(sub.split("."), key=len)
-        r = (len(longest), entropy(sub.replace(".", "")), alphabet(longest))
+        labels = sub.split(".")
+        kind, payload, best = None, 0, 0
+        if not any(map(_service_label, labels)):
+            for lab in labels:
+                k = label_kind(lab)
+                if k is not None:
+                    b = len(lab) if "\\" not in lab else len(_ESCAPE.sub("x", lab))
+                    payload += b
+                    if b > best:
+                        kind, best = k, b
+        r = (max(map(len, labels)), entropy(sub.replace(".", "")), kind, payload)
         if len(_SHAPES) >= 4096:
             _SHAPES.clear()
         _SHAPES[sub] = r
     return r
 
 
-def alphabet(label: str) -> str | None:
-    """The encoding alphabet a long label is written in, if any."""
-    if len(label) < 12:
-        return None
-    s = set(label)
-    if s <= _HEX and any(c.isdigit() for c in label) and any(c.isalpha() for c in label):
-        return "hex"
-    low = label.lower()
-    digits = sum(c.isdigit() for c in low)
-    if set(low) <= _B32 and digits >= 2:
-        return "base32"
-    if s <= _B64 and (any(c.isupper() for c in label) and any(c.islower() for c in label)
-                      and digits >= 1 or "+" in s or "=" in s):
-        return "base64"
-    return None
-
-
 class _Half:
     """Counters for one half-window."""
 
-    __slots__ = ("start", "queries", "uniq", "extra_uniq", "name_bytes", "label_sum", "label_max",
-                 "ent_sum", "encoded", "enc_kinds", "data_types", "half_types", "types",
+    __slots__ = ("start", "queries", "uniq", "extra_uniq", "name_bytes", "payload", "label_sum",
+                 "label_max", "ent_sum", "encoded", "enc_kinds", "data_types", "half_types", "types",
                  "responses", "nx", "resp_bytes", "samples")
 
     def __init__(self, start: float) -> None:
@@ -99,6 +150,7 @@ class _Half:
         self.uniq: set[str] = set()
         self.extra_uniq = 0
         self.name_bytes = 0
+        self.payload = 0
         self.label_sum = 0
         self.label_max = 0
         self.ent_sum = 0.0
@@ -113,13 +165,27 @@ class _Half:
         self.samples: list[str] = []
 
 
+class _Small:
+    """Exfil's small gate: encoded payload bytes in new names, over two halves of
+    ``small_window`` (a few counters; the names' uniqueness comes from the long window)."""
+
+    __slots__ = ("start", "payload", "names", "queries", "prev_payload", "prev_names", "prev_queries")
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.payload = self.names = self.queries = 0
+        self.prev_payload = self.prev_names = self.prev_queries = 0
+
+
 class _State:
-    __slots__ = ("prev", "cur", "last_alert")
+    __slots__ = ("prev", "cur", "last_alert", "next_judge", "small")
 
     def __init__(self, start: float) -> None:
         self.prev: _Half | None = None
         self.cur = _Half(start)
         self.last_alert = -1e18
+        self.next_judge = 0  # judge again from this query count of the current half
+        self.small: _Small | None = None
 
 
 class _Base(Detector):
@@ -127,14 +193,16 @@ class _Base(Detector):
 
     params = {
         "window": 60.0,           # seconds (two sliding halves)
-        "min_unique": 30,         # unique subdomains in the window
-        "min_name_bytes": 1500,   # bytes of subdomain text sent in the window
+        "min_unique": 10,         # volume gate: unique subdomains in the window
+        "min_name_bytes": 500,    # volume gate: bytes of subdomain text sent in the window
+        "min_payload_bytes": 300,  # volume gate: bytes of encoded labels in those names
         "min_label_len": 24,      # indicator: mean longest-label length
         "min_entropy": 3.6,       # indicator: mean subdomain entropy, bits/char
-        "min_encoded_share": 0.5,  # indicator: share of names in hex/base32/base64
+        "min_encoded_share": 0.5,  # indicator: share of names carrying an encoded payload
         "min_data_type_share": 0.3,  # indicator: share of TXT/NULL/PRIVATE/KEY/ANY (CNAME/MX: half)
         "min_unique_ratio": 0.8,  # indicator: unique subdomains / queries
         "min_indicators": 2,      # shape indicators needed on top of the volume gates
+        "rejudge_after": 8,       # queries to wait after a window failed on shape alone
         "max_keys": 50000,        # (entity, domain) pairs tracked
         "max_unique": 4096,       # distinct subdomains remembered per half-window
         "single_label_len": 40,   # one label this long in base64 with mixed case/padding ...
@@ -142,15 +210,27 @@ class _Base(Detector):
     }
     kinds = frozenset({"query", "response"})
 
+    @staticmethod
+    def check_rule(rule) -> str | None:
+        if rule.thresholds.get("window", 1) <= 0:
+            return "thresholds.window: must be more than 0 seconds"
+        return None
+
     def __init__(self, rule, rules) -> None:
         super().__init__(rule, rules)
+        p = self.p
+        self.half = float(p["window"]) / 2
+        self.max_keys = int(p["max_keys"])
+        self.max_unique = int(p["max_unique"])
+        self.min_unique = int(p["min_unique"])
+        self.min_name_bytes = int(p["min_name_bytes"])
+        self.min_payload = int(p["min_payload_bytes"])
+        self.rejudge = max(1, int(p["rejudge_after"]))
         self.state: OrderedDict[tuple[str, str], _State] = OrderedDict()
         self.evicted = 0
-        self.half = float(self.p["window"]) / 2
-        self.max_keys = int(self.p["max_keys"])
-        self.max_unique = int(self.p["max_unique"])
         self._allow_cache: dict[str, bool] = {}
-        self.single = self.name == "tunnel" and self.p["single_label_len"] > 0
+        self.single = self.name == "tunnel" and p["single_label_len"] > 0
+        self.small_half = 0.0  # exfil's small gate (half of small_window; 0: off)
 
     # --- input ------------------------------------------------------------------
     def process(self, ev: DnsEvent) -> list[Finding]:
@@ -192,37 +272,51 @@ class _Base(Detector):
         if ts - cur.start >= self.half:
             st.prev = cur if ts - cur.start < 2 * self.half else None
             cur = st.cur = _Half(ts)
-        if ev.kind == "query":
-            cur.queries += 1
-            if sub:
-                if sub in cur.uniq:
-                    pass
-                elif len(cur.uniq) < self.max_unique:
-                    cur.uniq.add(sub)
-                    self._shape(cur, sub)
-                else:
-                    cur.extra_uniq += 1
-                    self._shape(cur, sub)
-            qt = ev.questions[0].qtype
-            cur.types[qt] = cur.types.get(qt, 0) + 1
-            if qt in DATA_TYPES:
-                cur.data_types += 1
-            elif qt in HALF_TYPES:
-                cur.half_types += 1
-            if cur.queries % 16 == 0 or cur.queries == 8:
-                return self._judge(ev, key, st)
-            if self.single and sub and len(sub) >= self.p["single_label_len"]:
-                return self._single(ev, key, st, sub)
-        else:
+            st.next_judge = 0
+        if ev.kind != "query":
             cur.responses += 1
             cur.resp_bytes += ev.size
             if ev.rcode == 3:
                 cur.nx += 1
+            return []
+        cur.queries += 1
+        payload = -1  # payload bytes of a name new in this half (-1: no new name)
+        if sub:
+            if sub in cur.uniq:
+                pass
+            else:
+                if len(cur.uniq) < self.max_unique:
+                    cur.uniq.add(sub)
+                else:
+                    cur.extra_uniq += 1
+                # shape from the name as sent: the subdomain is folded to lower case,
+                # and case tells base64 from base32
+                raw = ev.questions[0].name[:len(sub)]
+                if raw != sub and raw.lower() != sub:
+                    raw = sub
+                payload = self._shape(cur, raw)
+        qt = ev.questions[0].qtype
+        cur.types[qt] = cur.types.get(qt, 0) + 1
+        if qt in DATA_TYPES:
+            cur.data_types += 1
+        elif qt in HALF_TYPES:
+            cur.half_types += 1
+        if self.small_half and (payload > 0 or st.small is not None):
+            found = self._small(ev, key, st, payload)
+            if found:
+                return found
+        if ts - st.last_alert >= self.half and cur.queries >= st.next_judge and self._gates(st):
+            found = self._judge(ev, key, st)
+            if found:
+                return found
+        if self.single and payload > 0 and len(raw) >= self.p["single_label_len"]:
+            return self._single(ev, key, st, raw)  # a new name: repeats were judged before
         return []
 
-    def _shape(self, h: _Half, sub: str) -> None:
+    def _shape(self, h: _Half, sub: str) -> int:
+        """Add a new name's shape to the half; return its payload bytes."""
         h.name_bytes += len(sub)
-        ll, ent, kind = shape(sub)
+        ll, ent, kind, payload = shape(sub)
         h.label_sum += ll
         if ll > h.label_max:
             h.label_max = ll
@@ -230,8 +324,23 @@ class _Base(Detector):
         if kind is not None:
             h.encoded += 1
             h.enc_kinds[kind] = h.enc_kinds.get(kind, 0) + 1
-        if len(h.samples) < 3:
-            h.samples.append(sub[:80])
+        if len(h.samples) < 3 and (payload or not h.payload):
+            h.samples.append(sub[:80])  # prefer names that carry a payload
+        h.payload += payload
+        return payload
+
+    def _gates(self, st: _State) -> bool:
+        """The volume gates, from running counters (cheap: checked on every query)."""
+        cur, prev = st.cur, st.prev
+        uniq, nb, pay = len(cur.uniq) + cur.extra_uniq, cur.name_bytes, cur.payload
+        if prev is not None:
+            uniq += len(prev.uniq) + prev.extra_uniq
+            nb += prev.name_bytes
+            pay += prev.payload
+        return uniq >= self.min_unique and nb >= self.min_name_bytes and pay >= self.min_payload
+
+    def _small(self, ev: DnsEvent, key: tuple[str, str], st: _State, payload: int) -> list[Finding]:
+        return []
 
     # --- judgement ----------------------------------------------------------------
     def features(self, st: _State) -> dict:
@@ -252,6 +361,7 @@ class _Base(Detector):
             "unique_subdomains": uniq,
             "unique_ratio": round(uniq / q, 3) if q else 0.0,
             "name_bytes_out": sum(h.name_bytes for h in hs),
+            "payload_bytes_out": sum(h.payload for h in hs),
             "mean_label_len": round(sum(h.label_sum for h in hs) / shaped, 1),
             "max_label_len": max(h.label_max for h in hs),
             "mean_entropy": round(sum(h.ent_sum for h in hs) / shaped, 3),
@@ -286,7 +396,7 @@ class _Base(Detector):
         longest = max(sub.split("."), key=len)
         if len(longest) < self.p["single_label_len"] or ev.ts - st.last_alert < self.half:
             return []
-        if alphabet(longest) != "base64" and not ("=" in longest or "*" in longest):
+        if label_kind(longest) != "base64":
             return []
         low = longest.lower()
         if set(low) <= _HEX or set(low) <= _B32:  # 0x20 case randomisation of hex/base32
@@ -303,14 +413,11 @@ class _Base(Detector):
                                     f"(entropy {h:.2f} bits/char) under {dom}")]
 
     def _judge(self, ev: DnsEvent, key: tuple[str, str], st: _State) -> list[Finding]:
-        if ev.ts - st.last_alert < self.half:
-            return []  # already reported this window; suppression counts the rest
         f = self.features(st)
-        if f["unique_subdomains"] < self.p["min_unique"] or f["name_bytes_out"] < self.p["min_name_bytes"]:
-            return []
         fired = self.indicators(f)
         need = int(self.p["min_indicators"]) + (1 if key[1] == UNREGISTERED else 0)
         if len(fired) < need:
+            st.next_judge = st.cur.queries + self.rejudge  # not on every query of a busy name
             return []
         st.last_alert = ev.ts
         score = min(1.0, 0.5 + 0.1 * len(fired) + min(0.2, f["name_bytes_out"] / 100_000))
@@ -335,18 +442,78 @@ class _Base(Detector):
 
 @register
 class Tunnel(_Base):
-    """Interactive tunnels (iodine, dns2tcp, dnscat2 ...): T1572."""
+    """Interactive tunnels (iodine, dns2tcp, dnscat2, dnstt ...): T1572."""
 
     name = "tunnel"
 
 
 @register
 class Exfil(_Base):
-    """Bulk exfiltration in names: T1048.003. Longer window, volume first."""
+    """Exfiltration in names: T1048.003. A small gate (encoded payload bytes in new
+    names within ``small_window``) and the bulk gate (name bytes on the long window)."""
 
     name = "exfil"
     params = {**_Base.params, "window": 600.0, "min_unique": 100, "min_name_bytes": 20000,
-              "min_indicators": 1}
+              "min_payload_bytes": 0, "min_indicators": 1,
+              "small_window": 60.0,             # seconds (two sliding halves)
+              "small_min_payload_bytes": 100}   # encoded bytes in new names (0: gate off)
+
+    @staticmethod
+    def check_rule(rule) -> str | None:
+        t = {**Exfil.params, **rule.thresholds}
+        if t["window"] <= 0:
+            return "thresholds.window: must be more than 0 seconds"
+        if not 0 < t["small_window"] <= t["window"]:
+            return (f"thresholds.small_window: must be more than 0 and at most window "
+                    f"({t['window']} s), got {t['small_window']}")
+        return None
+
+    def __init__(self, rule, rules) -> None:
+        super().__init__(rule, rules)
+        self.small_min = int(self.p["small_min_payload_bytes"])
+        if self.small_min > 0:
+            self.small_half = float(self.p["small_window"]) / 2
+
+    def _small(self, ev: DnsEvent, key: tuple[str, str], st: _State, payload: int) -> list[Finding]:
+        """A new name's payload joins the small window; a finding when it holds enough.
+        A name counts once per long half-window, so repeats of a name add nothing."""
+        sm = st.small
+        ts = ev.ts
+        if sm is None:  # the first name with a payload: counters from now on
+            sm = st.small = _Small(ts)
+        elif ts - sm.start >= self.small_half:
+            if ts - sm.start < 2 * self.small_half:
+                sm.prev_payload, sm.prev_names, sm.prev_queries = sm.payload, sm.names, sm.queries
+            else:
+                sm.prev_payload = sm.prev_names = sm.prev_queries = 0
+            sm.start, sm.payload, sm.names, sm.queries = ts, 0, 0, 0
+        sm.queries += 1
+        if payload > 0:
+            sm.payload += payload
+            sm.names += 1
+        total = sm.payload + sm.prev_payload
+        if payload <= 0 or total < self.small_min or ts - st.last_alert < self.half:
+            return []
+        st.last_alert = ev.ts
+        names = sm.names + sm.prev_names
+        window = self.small_half * 2
+        enc: Counter = Counter()
+        samples: list[str] = []
+        for h in (st.prev, st.cur):
+            if h is not None:
+                enc.update(h.enc_kinds)
+                samples += h.samples
+        f = {"window_seconds": window, "payload_bytes_out": total, "payload_names": names,
+             "queries": sm.queries + sm.prev_queries, "encodings": dict(enc),
+             "qtype": ev.qtype, "sample_subdomains": samples[:3],
+             "indicators": [f"encoded payload ({total} bytes >= {self.small_min} in {window:.0f} s)"]}
+        entity, dom = key
+        score = min(1.0, 0.6 + 0.2 * min(1.0, total / (10 * self.small_min)))
+        return [self.finding(
+            ev, score=score, entity=entity, domain=dom, features=f,
+            reason=(f"{entity} sent {total:,} bytes of encoded data ({'/'.join(enc) or 'encoded'}) "
+                    f"in {names} unique name{'s' if names != 1 else ''} under {dom} "
+                    f"within {window:.0f} s"))]
 
 
 def _tname(t: int) -> str:
