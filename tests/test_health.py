@@ -75,3 +75,60 @@ def test_failing_resolver_is_flagged_and_the_healthy_one_is_not(tmp_path):
     assert flagged == {"10.95.0.3"}, alerts
     sick = [a for a in alerts if a["features"]["scope"] == "resolver"][0]
     assert sick["severity"] == "critical" and sick["features"]["failure_rate"] > 0.05
+
+
+MULTICAST_CAPTURES = ("zeek_traces/dns__mdns.pcap", "zeek_traces/dns__mdns-no-assoc.pcap",
+                      "suricata_verify/llmnr__llmnr-udp__input.pcap",
+                      "suricata_verify/llmnr__llmnr-hostname-match__input.pcap",
+                      "suricata_verify/llmnr__llmnr-authority-additional__input.pcap",
+                      "suricata_verify/llmnr__llmnr-invalid-opcode__input.pcap",
+                      "suricata_verify/llmnr__llmnr-tcp__input.pcap")
+
+
+def _multicast_with_a_failing_resolver(data, path, copies: int = 20) -> None:
+    """Real mDNS (224.0.0.251, ff02::fb) and LLMNR (224.0.0.252, unicast 5355) captures,
+    repeated every 6 s, mostly unanswered as multicast is; beside them a unicast resolver
+    10.0.0.53 that times out on a quarter of its queries and a healthy one, 10.0.0.54."""
+    from detector.capture.pcap import PcapReader
+
+    real = []
+    for name in MULTICAST_CAPTURES:
+        reader = PcapReader(data / "pcap" / name)
+        pkts = [(ts, d) for ts, lt, d in reader]
+        assert reader.linktypes == [1] and pkts, name
+        t0 = pkts[0][0]
+        real.append([(ts - t0, d) for ts, d in pkts])
+    frames, base, qid = [], 1_700_000_000.0, 0
+    for i in range(copies):
+        t = base + 6 * i
+        for k, pkts in enumerate(real):
+            frames.extend((t + k * 0.01 + dt, d) for dt, d in pkts)
+        for srv in ("10.0.0.53", "10.0.0.54"):
+            for j in range(4):
+                qid += 1
+                name = f"h{qid}.example.com"
+                ts = t + 0.1 * j
+                port = 30000 + qid % 30000
+                frames.append((ts, eth_ip("10.0.0.5", srv, 17, udp(port, 53, dns_query(qid, name)))))
+                if srv == "10.0.0.53" and j == 0:
+                    continue  # a timeout
+                resp = dns_response(qid, name, answers=[(1, b"\x01\x02\x03\x04")])
+                frames.append((ts + 0.01, eth_ip(srv, "10.0.0.5", 17, udp(53, port, resp))))
+    write_pcap(path, 1, sorted(frames, key=lambda f: f[0]))
+
+
+def test_multicast_name_resolution_is_not_a_failing_resolver(data, tmp_path):
+    pcap = tmp_path / "multicast.pcap"
+    _multicast_with_a_failing_resolver(data, pcap)
+    res = run_detector("replay", "pcap", str(pcap), "--format", "jsonl", "--events", "-q",
+                       "--rules", "rules/health.yaml")
+    assert res.returncode == 0, res.stderr
+    docs = json_lines(res.stdout)
+    evs = [d for d in docs if "kind" in d]
+    # the capture really holds unanswered multicast queries (what made "100% failure")
+    groups = {d["dst"] for d in evs if d["kind"] == "unanswered"}
+    assert {"224.0.0.251", "ff02::fb", "224.0.0.252"} <= groups, groups
+    alerts = [d for d in docs if d.get("rule_id") == "dns-health"]
+    assert {a["features"]["resolver"] for a in alerts} == {"10.0.0.53"}, [a["reason"] for a in alerts]
+    sick = [a for a in alerts if a["features"]["scope"] == "resolver"]
+    assert sick and all(a["severity"] == "critical" and a["features"]["failure_rate"] == 0.25 for a in sick)

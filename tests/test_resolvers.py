@@ -1,12 +1,15 @@
 """Unauthorized resolvers and resolver bypass, on real resolvers and real traffic.
 
 Two real dnsmasq servers in a network namespace (one allowed, one rogue); dig
-asks both, tcpdump records, `detector replay pcap` must flag only the rogue.
-A real TCP connection to port 853 and a lookup of dns.google are bypasses.
+asks both, tcpdump records, `detector replay pcap` must flag only the rogue,
+and only when a policy says which is allowed: replay never takes the
+analyst's /etc/resolv.conf as the captured network's resolvers. A real TCP
+connection to port 853 and a lookup of dns.google are bypasses.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -19,17 +22,20 @@ import pytest
 from detector.capture.pcapwrite import dns_query, eth_ip, udp, write_pcap
 from tests.conftest import json_lines, run_detector
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
 
 LISTEN_853 = "import socket;s=socket.create_server(('0.0.0.0',853));c,_=s.accept();c.close()"
+OFF = "rule dns-unauthorized-resolver is off"
 
 
-def test_rogue_resolver_dot_and_doh_bootstrap_are_flagged(tmp_path):
+@pytest.fixture(scope="module")
+def two_resolvers(tmp_path_factory):
+    """A real capture: 10.97.0.1 asks dnsmasq on 10.97.0.2 and on 10.97.0.3, opens DoT to .3."""
     from tests.netns import NetnsPair
 
     assert shutil.which("dnsmasq") or os.path.exists("/usr/sbin/dnsmasq")
     dnsmasq = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
-    pcap = tmp_path / "resolvers.pcap"
+    pcap = tmp_path_factory.mktemp("resolvers") / "resolvers.pcap"
     with NetnsPair(prefix="rs", subnet="10.97.0") as net:
         srv = net.ns["server"]
         subprocess.run(["ip", "-n", srv, "addr", "add", "10.97.0.3/24", "dev", net.dev["server"]], check=True)
@@ -47,6 +53,21 @@ def test_rogue_resolver_dot_and_doh_bootstrap_are_flagged(tmp_path):
             r = net.run("client", [sys.executable, "-c",
                                    "import socket;socket.create_connection(('10.97.0.3',853),timeout=5).close()"])
             assert r.returncode == 0, r.stderr
+    return pcap
+
+
+def resolver_alerts(pcap, *extra) -> tuple[set, str]:
+    """{(entity, resolver)} of unauthorized-resolver alerts, and stderr."""
+    res = run_detector("replay", "pcap", str(pcap), "--format", "jsonl", "--rules", "rules/resolvers.yaml",
+                       *extra)
+    assert res.returncode == 0, res.stderr
+    alerts = [d for d in json_lines(res.stdout) if d.get("rule_id") == "dns-unauthorized-resolver"]
+    return {(a["entity"], a["domain"]) for a in alerts}, res.stderr
+
+
+@needs_root
+def test_rogue_resolver_dot_and_doh_bootstrap_are_flagged(two_resolvers, tmp_path):
+    pcap = two_resolvers
     allow = tmp_path / "site.yaml"
     allow.write_text("kind: allowlist\nresolvers:\n  - 10.97.0.2\n")
     res = run_detector("replay", "pcap", str(pcap), "--format", "jsonl", "-q", "--rules", "rules/resolvers.yaml",
@@ -59,17 +80,117 @@ def test_rogue_resolver_dot_and_doh_bootstrap_are_flagged(tmp_path):
     assert bypass == {"dot", "doh-bootstrap"}
 
 
-def test_multicast_dns_and_allowlisted_resolvers_never_alert(tmp_path):
+@needs_root
+def test_replay_without_policy_flags_nothing_and_says_once_the_rule_is_off(two_resolvers):
+    # Neither 10.97.0.2 nor 10.97.0.3 is in this host's /etc/resolv.conf: taking it
+    # as the capture's policy would flag both.
+    summary = two_resolvers.parent / "summary.json"
+    rogue, err = resolver_alerts(two_resolvers, "--summary-json", str(summary))
+    assert rogue == set()
+    assert err.count(OFF) == 1, err  # one line on stderr ...
+    rows = [line.split(None, 2) for line in err.splitlines() if line.startswith("  rule off")]
+    # ... and one summary row
+    assert len(rows) == 1 and rows[0][2].startswith("dns-unauthorized-resolver: no resolver policy")
+    assert list(json.loads(summary.read_text())["rules_off"]) == ["dns-unauthorized-resolver"]
+    rogue, err = resolver_alerts(two_resolvers, "-q")
+    assert rogue == set() and err.count(OFF) == 1 and "rule off" not in err, err  # -q: the line stays
+
+
+@needs_root
+def test_resolvers_option_allows_one_and_flags_the_other(two_resolvers):
+    rogue, err = resolver_alerts(two_resolvers, "-q", "--resolvers", "10.97.0.2")
+    assert rogue == {("10.97.0.1", "10.97.0.3")} and OFF not in err
+    rogue, _ = resolver_alerts(two_resolvers, "-q", "--resolvers", "10.97.0.3,192.0.2.0/24")
+    assert rogue == {("10.97.0.1", "10.97.0.2")}
+    rogue, _ = resolver_alerts(two_resolvers, "-q", "--resolvers", "10.97.0.0/29")
+    assert rogue == set()
+
+
+def test_replay_never_allows_the_analysts_own_resolvers(tmp_path):
+    """DNS to this host's own nameserver, in a capture from elsewhere, is judged by the
+    capture's policy only: with --resolvers naming another server it is flagged."""
+    from detector.detect.resolvers import host_resolvers
+
+    mine = next((ip for ip in host_resolvers() if "." in ip and not ip.startswith("127.")), "10.255.255.53")
+    frames = []
+    for i, srv in enumerate([mine, "192.0.2.53"] * 5):
+        query = udp(40000 + i, 53, dns_query(i, "example.com"))
+        frames.append((1_700_000_000.0 + i, eth_ip("10.0.0.9", srv, 17, query)))
+    pcap = tmp_path / "elsewhere.pcap"
+    write_pcap(pcap, 1, frames)
+    rogue, err = resolver_alerts(pcap, "-q")
+    assert rogue == set() and OFF in err
+    rogue, _ = resolver_alerts(pcap, "-q", "--resolvers", "192.0.2.53")
+    assert rogue == {("10.0.0.9", mine)}
+    # a rule asking for the host's configuration does not get it in replay either
+    rule = tmp_path / "resolvers.yaml"
+    rule.write_text(open("rules/resolvers.yaml").read().replace("resolvers: []", "resolvers: [192.0.2.53]"))
+    res = run_detector("replay", "pcap", str(pcap), "--format", "jsonl", "-q", "--rules", str(rule))
+    assert {a["domain"] for a in json_lines(res.stdout) if "rule_id" in a} == {mine}
+
+
+def test_live_policy_adds_this_hosts_resolvers(tmp_path, monkeypatch):
+    """`detector live` watches this host: its resolv.conf is the policy (set_policy with
+    host_config=True), unless the rule opts out; replay's policy (False) never reads it."""
+    from detector.detect import resolvers as mod
+    from detector.events import DnsEvent, Question
+    from detector.ruleset import load_rules
+
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("search example\nnameserver 192.0.2.1\nnameserver fe80::1%eth0\n")
+    monkeypatch.setattr(mod, "RESOLV_CONFS", (str(conf),))
+
+    def detector(host: bool, *rule_files):
+        rules = load_rules(["rules/resolvers.yaml", *rule_files])
+        mod.set_policy(rules, host_config=host)
+        return mod.Resolvers(rules.rules[0], rules)
+
+    def flagged(d, srv: str) -> bool:
+        ev = DnsEvent(0.0, "udp", 4, "10.0.0.9", 40000, srv, 53, 1, 0x0100, 0, [Question("example.com", 1)])
+        return bool(d.process(ev))
+
+    live = detector(True)
+    assert not live.off and not flagged(live, "192.0.2.1") and flagged(live, "192.0.2.2")
+    replay = detector(False)
+    assert replay.off and not flagged(replay, "192.0.2.2")
+    optout = tmp_path / "no-host.yaml"
+    text = open("rules/resolvers.yaml").read()
+    optout.write_text(text.replace("use_host_config: true", "use_host_config: false")
+                      .replace("resolvers: []", "resolvers: [10.0.0.53]"))
+    rules = load_rules([str(optout)])
+    mod.set_policy(rules, host_config=True)
+    d = mod.Resolvers(rules.rules[0], rules)
+    assert flagged(d, "192.0.2.1") and not flagged(d, "10.0.0.53")
+
+
+def test_multicast_broadcast_and_allowlisted_resolvers_never_alert(tmp_path):
     frames = []
     ts = 1_700_000_000.0
     for i in range(50):
-        frames.append((ts + i, eth_ip("10.0.0.9", "224.0.0.251", 17, udp(5353, 5353, dns_query(0, f"host{i}.local")))))
-        frames.append((ts + i, eth_ip("10.0.0.9", "10.0.0.53", 17, udp(40000 + i, 53, dns_query(i, "example.com")))))
+        for src, dst, sport, dport, name in (
+                ("10.0.0.9", "224.0.0.251", 5353, 5353, f"host{i}.local"),  # mDNS
+                ("10.0.0.9", "224.0.0.252", 40000 + i, 5355, f"wpad{i}"),  # LLMNR
+                ("fe80::9", "ff02::1:3", 40000 + i, 5355, f"wpad{i}"),
+                ("10.0.0.9", "255.255.255.255", 40000 + i, 53, "nas"),  # broadcast
+                ("10.0.0.9", "239.255.0.1", 40000 + i, 53, "nas"),  # any multicast group
+                ("10.0.0.9", "10.0.0.53", 40000 + i, 53, "example.com")):  # the allowed resolver
+            frames.append((ts + i, eth_ip(src, dst, 17, udp(sport, dport, dns_query(0 if dport == 5353 else i, name)))))
     pcap = tmp_path / "mdns.pcap"
     write_pcap(pcap, 1, frames)
     allow = tmp_path / "site.yaml"
     allow.write_text("kind: allowlist\nresolvers: [10.0.0.0/24]\n")
     res = run_detector("replay", "pcap", str(pcap), "--format", "jsonl", "-q", "--rules", "rules/resolvers.yaml",
                        "--rules", str(allow))
+    assert res.returncode == 0, res.stderr
+    assert [d for d in json_lines(res.stdout) if "rule_id" in d] == []
+
+
+def test_real_mdns_and_llmnr_captures_never_alert(data):
+    from tests.test_health import MULTICAST_CAPTURES
+
+    # mDNS and LLMNR to their groups, and LLMNR over TCP to a peer's unicast address (port 5355)
+    files = [str(data / "pcap" / name) for name in MULTICAST_CAPTURES]
+    res = run_detector("replay", "pcap", *files, "--format", "jsonl", "-q", "--rules", "rules/resolvers.yaml",
+                       "--resolvers", "192.0.2.53")
     assert res.returncode == 0, res.stderr
     assert [d for d in json_lines(res.stdout) if "rule_id" in d] == []

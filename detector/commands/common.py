@@ -26,6 +26,20 @@ def port_list(text: str) -> frozenset[int]:
     return ports
 
 
+def resolver_list(text: str) -> tuple:
+    """``--resolvers 10.0.0.53,192.168.1.0/24``: addresses or networks."""
+    import ipaddress
+
+    try:
+        nets = tuple(ipaddress.ip_network(a.strip(), strict=False) for a in text.split(",") if a.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected IP addresses or networks separated by commas") from None
+    if not nets:
+        raise argparse.ArgumentTypeError("expected at least one resolver address")
+    return nets
+
+
 def add_pipeline_args(p: argparse.ArgumentParser, events_help: str = "also write every DNS event") -> None:
     g = p.add_argument_group("output")
     g.add_argument("-o", "--output", default="-", metavar="-|FILE",
@@ -45,6 +59,9 @@ def add_pipeline_args(p: argparse.ArgumentParser, events_help: str = "also write
                    help="a query with no response after SEC seconds is 'unanswered' (default 5)")
     d.add_argument("--suppress-window", type=float, default=600.0, metavar="SEC",
                    help="one alert per rule, entity and domain per SEC seconds (default 600)")
+    d.add_argument("--resolvers", type=resolver_list, action="extend", metavar="ADDR[,ADDR|CIDR...]",
+                   help="the resolvers this network may use, on top of the rules' allowlists; DNS to "
+                   "any other server is an unauthorized-resolver alert (repeatable)")
     d.add_argument("--fail-on-alert", action="store_true",
                    help="exit with code 1 when any alert was raised (for scripts and CI)")
     m = p.add_argument_group("metrics")
@@ -61,9 +78,16 @@ def add_pipeline_args(p: argparse.ArgumentParser, events_help: str = "also write
 
 def load_ruleset(args: argparse.Namespace) -> RuleSet:
     try:
-        return load_rules(args.rules)
+        rules = load_rules(args.rules)
     except RuleError as e:
         raise DetectorError(str(e), errors.RULES, "run `detector rules check` to validate rule files") from None
+    # Resolver policy: the rules, --resolvers, and this host's resolv.conf only
+    # when the command captures this host's own traffic (live sets host_resolvers).
+    from detector.detect.resolvers import set_policy
+
+    set_policy(rules, host_config=getattr(args, "host_resolvers", False),
+               resolvers=tuple(getattr(args, "resolvers", None) or ()))
+    return rules
 
 
 def build_pipeline(args: argparse.Namespace, on_alert: Callable[[dict], None] | None = None,
@@ -141,6 +165,11 @@ def _register_metrics(pipe: Pipeline) -> None:
     from detector import metrics
 
     metrics.register_stats(pipe.stats)
+
+
+def rules_off(pipe: Pipeline) -> dict[str, str]:
+    """Rules whose detector turned itself off, and why (for the summary)."""
+    return {d.rule.id: d.off for d in pipe.detectors if getattr(d, "off", "")}
 
 
 def print_summary(title: str, rows: list[tuple[str, Any]], stats: PipelineStats,

@@ -8,7 +8,7 @@ import threading
 import time
 
 from detector import errors
-from detector.commands.common import add_pipeline_args, build_pipeline, port_list, print_summary
+from detector.commands.common import add_pipeline_args, build_pipeline, port_list, print_summary, rules_off
 from detector.errors import DetectorError
 
 #: set while probes are attached (the demo starts its sample traffic on it)
@@ -23,6 +23,11 @@ cgroup_skb hooks copy every DNS packet, both ways, UDP and TCP, IPv4 and IPv6,
 in every network namespace. exe and container id come from /proc. Needs root,
 BCC (python3-bpfcc) and kernel headers; ./setup.sh installs them.
 Ctrl-C or SIGTERM detaches the programs and flushes every sink.
+
+Resolver policy: live capture watches this host, so its own resolvers
+(/etc/resolv.conf nameservers, systemd-resolved's upstreams) are allowed, on
+top of the rules' allowlists and --resolvers; --no-host-resolvers (or
+use_host_config: false in rules/resolvers.yaml) leaves them out.
 """
 
 EXAMPLES = """\
@@ -48,8 +53,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--summary-json", metavar="FILE", help="also write the summary as JSON")
     p.add_argument("--publish-events", action="store_true",
                    help="publish every DNS event to the dns-events Kafka topic (needs --kafka)")
+    p.add_argument("--no-host-resolvers", dest="host_resolvers", action="store_false",
+                   help="do not allow this host's resolv.conf nameservers as resolvers")
     add_pipeline_args(p)
-    p.set_defaults(func=run)
+    # The capture is this host's own traffic: its resolver configuration is the policy.
+    p.set_defaults(func=run, host_resolvers=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -104,11 +112,13 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.monotonic() - t0
     summary = {**cap.stats, "lost_bpf_events": cap.lost, "queries": stats.queries,
                "responses": stats.responses, "unanswered": stats.unanswered, "alerts": stats.alerts,
-               "alerts_by_rule": dict(stats.alerts_by_rule), "seconds": round(elapsed, 3)}
+               "alerts_by_rule": dict(stats.alerts_by_rule), "rules_off": rules_off(pipe),
+               "seconds": round(elapsed, 3)}
     if not args.quiet:
         rows = [("time", f"{elapsed:.1f} s"), ("DNS packets", f"{cap.stats['packets']:,}"),
                 ("DNS messages", f"{cap.stats['dns_messages']:,}"),
                 ("lost BPF events", f"{cap.lost:,}"), ("DoT connects", cap.stats["connects"])]
+        rows += [("rule off", f"{rid}: {why}") for rid, why in rules_off(pipe).items()]
         errs = {k: v for k, v in cap.stats.items() if k in ("parse_errors", "truncated_copies") and v}
         print_summary("live capture summary", rows, stats, errs)
     if args.summary_json:

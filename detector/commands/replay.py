@@ -11,7 +11,7 @@ import time
 from detector import errors
 from detector.capture.layers import DEFAULT_PORTS, SUPPORTED_LINKTYPES, PacketDecoder
 from detector.capture.pcap import CaptureError, PcapReader
-from detector.commands.common import add_pipeline_args, build_pipeline, port_list, print_summary
+from detector.commands.common import add_pipeline_args, build_pipeline, port_list, print_summary, rules_off
 from detector.errors import DetectorError
 
 HELP = """\
@@ -22,6 +22,13 @@ Link types: Ethernet (with 802.1Q/QinQ VLAN tags), Linux cooked SLL and SLL2
 extension headers, IP fragments reassembled, DNS over UDP and over TCP with
 stream reassembly; GRE, ERSPAN, VXLAN, Geneve and Teredo are decapsulated.
 Time is the capture's own timestamps, so a replay gives the same alerts every time.
+
+Resolver policy: a capture comes from another network, so this host's
+/etc/resolv.conf is never used. DNS to a server outside the resolvers listed
+in the rules (allowlist.resolvers in rules/resolvers.yaml or an allowlist
+file) or given with --resolvers is an unauthorized-resolver alert. With
+neither, that rule is off: it says so once on stderr and in the summary, and
+raises nothing. Multicast, broadcast and mDNS/LLMNR are never a resolver.
 """
 
 EXAMPLES = """\
@@ -30,6 +37,7 @@ examples:
   detector replay pcap dns.pcap --events --format jsonl | jq .qname
   detector replay pcap a.pcap b.pcapng -o alerts.jsonl --fail-on-alert
   detector replay pcap mdns.pcap --ports 53,5353,5355,8053
+  detector replay pcap site.pcap --resolvers 10.0.0.53,10.0.1.0/24   flag DNS to any other server
 
 exit codes: 0 ok, 1 alerts (with --fail-on-alert), 2 bad input, 3 capture truncated,
 4 invalid rules, 5 output failed
@@ -158,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
         "alerts": stats.alerts,
         "alerts_by_rule": dict(stats.alerts_by_rule),
         "suppressed": stats.suppressed,
+        "rules_off": rules_off(pipe),
         "truncated": truncated,
         "seconds": round(elapsed, 3),
         "packets_per_second": round(dec.packets / elapsed) if elapsed > 0 else None,
@@ -168,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
                 ("time", f"{elapsed:.2f} s ({summary['packets_per_second'] or 0:,} pkts/s)")]
         if dec.unknown_linktypes:
             rows.append(("unknown link types", dict(dec.unknown_linktypes)))
+        rows += [("rule off", f"{rid}: {why}") for rid, why in summary["rules_off"].items()]
         print_summary("replay summary", rows, stats, skipped)
     if args.summary_json:
         with open(args.summary_json, "w") as f:

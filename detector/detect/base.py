@@ -65,6 +65,7 @@ _BUILTIN = (
     "detector.detect.tunnel",
     "detector.detect.resolvers",
     "detector.detect.health",
+    "detector.detect.flood",
 )
 
 

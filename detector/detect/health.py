@@ -4,7 +4,11 @@ Over tumbling windows of event time, for every resolver (server address) and
 every (entity, resolver) pair (entity = the process when known, else the
 client), the detector keeps a bounded latency sample and counts answered
 queries, SERVFAILs and timeouts ("unanswered" events from correlate).
-NXDOMAIN is an answer, not a failure. When a window closes with at least
+NXDOMAIN is an answer, not a failure. Only unicast resolvers are judged:
+multicast name resolution (mDNS on 5353, LLMNR on 5355, any query to a
+224.0.0.0/4 or ff00::/8 group) and broadcast have no resolver that owes an
+answer, and an unanswered mDNS probe is the normal case, not a failure.
+When a window closes with at least
 ``min_samples`` queries:
 
 * p99 latency above ``p99_warn_ms`` is a warning (medium), above
@@ -23,6 +27,7 @@ import random
 from collections import OrderedDict
 
 from detector.detect.base import Detector, register
+from detector.detect.resolvers import MULTICAST_DNS_PORTS, not_a_resolver
 from detector.events import DnsEvent, Finding
 
 SERVFAIL = 2
@@ -72,6 +77,7 @@ class Health(Detector):
         self._per_process = bool(self.p["per_process"])
         self._max_keys = int(self.p["max_keys"])
         self.last: dict[str, dict] = {}  # resolver -> figures of the last closed window
+        self._unicast: dict[str, bool] = {}  # server address -> is a unicast resolver
 
     def process(self, ev: DnsEvent) -> list[Finding]:
         out: list[Finding] = []
@@ -79,7 +85,16 @@ class Health(Detector):
             self.start = ev.ts
         elif ev.ts - self.start >= self.p["window"]:
             out = self.tick(ev.ts)
+        if ev.dst_port in MULTICAST_DNS_PORTS or ev.src_port in MULTICAST_DNS_PORTS:
+            return out  # mDNS / LLMNR: answered by peers, if at all
         srv = ev.server[0]
+        uni = self._unicast.get(srv)
+        if uni is None:
+            if len(self._unicast) > 65536:
+                self._unicast.clear()
+            uni = self._unicast[srv] = not not_a_resolver(srv)
+        if not uni:
+            return out
         keys = [("", srv)]
         if self._per_process:
             p = ev.process

@@ -1,11 +1,18 @@
 """Unauthorized resolvers and resolver bypass (DoT, DoH).
 
 ``resolvers`` (T1071.004): a DNS query sent to a server outside the
-allowlist. Allowed are the rule's and the global allowlists' ``resolvers:``
-networks, the host's own configuration (/etc/resolv.conf, and
-systemd-resolved's upstreams in /run/systemd/resolve/resolv.conf when
-present), loopback stubs, and multicast name resolution (mDNS, LLMNR), which
-is not a resolver at all.
+resolver policy. The policy is the rule's and the global allowlists'
+``resolvers:`` networks, plus the addresses the command was given
+(``--resolvers``), plus, in live capture only, this host's own configuration
+(/etc/resolv.conf, and systemd-resolved's upstreams in
+/run/systemd/resolve/resolv.conf when present): there the host is the one
+being protected. A replayed capture comes from another network, so the
+analyst's resolv.conf says nothing about it; replay and consume never read it.
+The command states this with :func:`set_policy` before the pipeline is built.
+With no policy at all the rule is off (``Resolvers.off`` says why, once on
+stderr and in the summary) rather than flagging every server in the capture.
+Loopback stubs and multicast, broadcast and mDNS/LLMNR traffic are never a
+resolver.
 
 ``resolver_bypass`` (T1572): DNS that escapes the allowlisted resolvers by
 encryption: a connection to port 853 (DNS over TLS/QUIC), an HTTPS connection
@@ -25,6 +32,7 @@ from pathlib import Path
 
 from detector.detect.base import Detector, entity_of, register
 from detector.events import ConnEvent, DnsEvent, Finding
+from detector.ruleset import Allowlist, RuleSet
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +55,10 @@ BUILTIN_DOH_IPS = frozenset("""
 """.split())
 
 
-def host_resolvers(paths: tuple[str, ...] = RESOLV_CONFS) -> list[str]:
+def host_resolvers(paths: tuple[str, ...] | None = None) -> list[str]:
     """Nameserver addresses from resolv.conf files that exist (errors ignored)."""
     out: list[str] = []
-    for p in paths:
+    for p in RESOLV_CONFS if paths is None else paths:
         try:
             text = Path(p).read_text()
         except OSError:
@@ -62,10 +70,43 @@ def host_resolvers(paths: tuple[str, ...] = RESOLV_CONFS) -> list[str]:
     return out
 
 
+def set_policy(rules: RuleSet, *, host_config: bool, resolvers: tuple = ()) -> None:
+    """Give the ``resolvers`` rules the policy of the command that runs them.
+
+    ``host_config``: the capture is this host's own traffic (``detector live``),
+    so its resolv.conf nameservers are allowed, unless the rule sets
+    ``use_host_config: false``. Replay and consume pass False: whatever a rule
+    says, the analyst's host configuration is not the captured network's.
+    ``resolvers``: networks from ``--resolvers``, allowed on top of the rules'.
+    """
+    for r in rules.rules:
+        if r.detector != Resolvers.name:
+            continue
+        r.thresholds["use_host_config"] = bool(host_config and r.thresholds.get("use_host_config", True))
+        if resolvers:
+            r.allowlist = r.allowlist.merged(Allowlist(resolvers=tuple(resolvers)))
+
+
+def not_a_resolver(ip: str) -> bool:
+    """Multicast (mDNS 224.0.0.251 / ff02::fb, LLMNR 224.0.0.252 / ff02::1:3, any
+    224.0.0.0/4 or ff00::/8 group), broadcast and unspecified addresses: name
+    resolution sent there goes to every host on the link, not to a resolver."""
+    try:
+        a = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return a.is_multicast or a.is_unspecified or a == _BROADCAST
+
+
+_BROADCAST = ipaddress.ip_address("255.255.255.255")
+
+
 @register
 class Resolvers(Detector):
     name = "resolvers"
-    params = {"use_host_config": True}  # also allow the host's resolv.conf nameservers
+    # Set by the command (see set_policy), never on by default: only live capture
+    # may read the host's resolv.conf. A rule may set false to opt out in live.
+    params = {"use_host_config": False}
     kinds = frozenset({"query"})
 
     def __init__(self, rule, rules) -> None:
@@ -79,6 +120,12 @@ class Resolvers(Detector):
                 continue
         self.nets = nets
         self._cache: dict[str, bool] = {}
+        #: why the rule is off ("" when on): with no policy every server would be "unauthorized"
+        self.off = "" if nets else (
+            "no resolver policy (list the site's resolvers under allowlist.resolvers in "
+            "rules/resolvers.yaml or an allowlist file, or pass --resolvers ADDR[,CIDR...])")
+        if self.off:
+            _say_off(rule.id, self.off)
 
     def allowed_resolver(self, ip: str) -> bool:
         r = self._cache.get(ip)
@@ -87,7 +134,7 @@ class Resolvers(Detector):
                 self._cache.clear()
             try:
                 a = ipaddress.ip_address(ip)
-                r = a.is_loopback or a.is_multicast or any(
+                r = a.is_loopback or not_a_resolver(ip) or any(
                     a.version == n.version and a in n for n in self.nets)
             except ValueError:
                 r = False
@@ -95,6 +142,8 @@ class Resolvers(Detector):
         return r
 
     def process(self, ev: DnsEvent) -> list[Finding]:
+        if self.off:
+            return []
         if ev.dst_port in MULTICAST_DNS_PORTS or ev.src_port in MULTICAST_DNS_PORTS:
             return []
         srv = ev.dst_ip
@@ -109,6 +158,16 @@ class Resolvers(Detector):
             features={"resolver": srv, "resolver_port": ev.dst_port, "qname": ev.qname,
                       "allowed_resolvers": [str(n) for n in self.nets][:10]},
             reason=f"{ent} sent DNS to {srv}:{ev.dst_port}, which is not an allowed resolver")]
+
+
+_said_off: set[str] = set()
+
+
+def _say_off(rule_id: str, why: str) -> None:
+    # Once per process: consume builds one pipeline per partition.
+    if rule_id not in _said_off:
+        _said_off.add(rule_id)
+        log.warning("rule %s is off: %s", rule_id, why)
 
 
 @register
