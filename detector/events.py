@@ -171,6 +171,12 @@ class Finding:
     ts: float = 0.0
     category: str = "dns"  # dga | tunnel | resolver | health | denylist
     count: int = 1  # events this finding stands for (set by dedup)
+    # what one open alert is about, when not the domain: a DGA campaign's generator
+    # shape, so the alert is updated as the campaign grows instead of repeated
+    key: str = ""
+    # the detector says this finding changes what an open alert reports (a campaign
+    # that doubled, a C2 candidate that resolved): dedup re-emits the alert
+    revise: bool = False
 
 
 @dataclass(slots=True)

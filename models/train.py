@@ -6,17 +6,28 @@
     python models/train.py --eval-only --json                 # print the evaluation only
 
 Data (../shared/data, see its PROVENANCE.tsv):
-  benign: benign/alexa_top100k_2015.csv + benign/opendns-top-domains.txt (training, "popular")
+  benign: popular lists of several years, mixed (training, "popular"):
+          benign/alexa_top100k_2015.csv, benign/opendns-top-domains.txt,
+          benign/tranco_top100k_2022-03-04.txt, benign/tranco_top50k_2026-08-01.txt
   held-out benign: benign/opendns-random-domains.txt and benign/ndpi_test_non_dga.csv
                    (never used in training; names also in the training lists are dropped)
   DGA:    dga/families/*.txt (one family per file)
+  words:  the most frequent English words of the `wordsegment` package (training only;
+          the word list learned from them is stored in the artefact)
 
 Leave-family-out: families are split into K groups, benign names into K random
 slices; each group is scored by a model trained on the other groups and slices,
 so every DGA score comes from a model that never saw that family, and every
 popular benign score from a model that never saw that name. The default
 threshold is the lowest that keeps the out-of-fold FPR on popular names at or
-under 1e-4. The shipped model is then trained on everything with the same seed.
+under 1e-4.
+
+Leave-list-out: for each popular list L (2026, 2022, 2015), a model is trained
+without L (every family, the other lists) and its FPR at the default threshold
+is measured on the names of L that no other training list holds: the false
+alerts a user of another year's traffic would see.
+
+The shipped model is then trained on everything with the same seed.
 """
 
 from __future__ import annotations
@@ -60,6 +71,9 @@ def _clean(name: str) -> str:
 
 
 def read_names(path: Path, column: int | None = None) -> list[str]:
+    """The scored domains of a list (``help.example.com`` -> ``example.com``; under a
+    dynamic-DNS parent, ``x.duckdns.org``): the detector scores these, so training
+    must see names as it will (F.scored_domain)."""
     out = []
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         if not line.strip() or line.startswith("#"):
@@ -71,7 +85,7 @@ def read_names(path: Path, column: int | None = None) -> list[str]:
             line = parts[column]
         n = _clean(line)
         if n and "." in n:
-            out.append(n)
+            out.append(F.scored_domain(n))
     return list(dict.fromkeys(out))
 
 
@@ -79,13 +93,28 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+#: popular benign lists used in training, (file, csv column, short name); mixed years so
+#: that no year's naming fashion (or TLD mix) becomes "benign" by itself
+POPULAR = (("benign/alexa_top100k_2015.csv", 1, "alexa-2015"),
+           ("benign/opendns-top-domains.txt", None, "opendns-top"),
+           ("benign/tranco_top100k_2022-03-04.txt", None, "tranco-2022"),
+           ("benign/tranco_top50k_2026-08-01.txt", None, "tranco-2026"))
+#: the lists held out one at a time in the leave-list-out evaluation
+LEAVE_LIST_OUT = ("tranco-2026", "tranco-2022", "alexa-2015")
+
+
 def load_data(root: Path, limit: int | None, rng: np.random.Generator):
+    """(benign names, list names per benign name, families, held-out benign, files)."""
     files = {}
-    b1 = root / "benign/alexa_top100k_2015.csv"
-    b2 = root / "benign/opendns-top-domains.txt"
-    benign = list(dict.fromkeys(read_names(b1, column=1) + read_names(b2)))
-    files[str(b1.relative_to(root))] = sha256(b1)
-    files[str(b2.relative_to(root))] = sha256(b2)
+    src: dict[str, set[str]] = {}
+    for rel, col, short in POPULAR:
+        p = root / rel
+        if not p.is_file():
+            continue
+        for n in read_names(p, column=col):
+            src.setdefault(n, set()).add(short)
+        files[rel] = sha256(p)
+    benign = list(src)
     fams: dict[str, list[str]] = {}
     for f in sorted((root / "dga/families").glob("*.txt")):
         names = read_names(f)
@@ -104,7 +133,8 @@ def load_data(root: Path, limit: int | None, rng: np.random.Generator):
         benign = [benign[i] for i in sorted(rng.permutation(len(benign))[: limit * 10])]
         fams = {k: v[:limit] for k, v in fams.items()}
         held = {k: v[: limit * 3] for k, v in held.items()}
-    return benign, fams, held, files
+    lists = [src[b] for b in benign]
+    return benign, lists, fams, held, files
 
 
 def weights(y: np.ndarray, fam_idx: np.ndarray) -> np.ndarray:
@@ -140,11 +170,11 @@ def threshold_for(neg: np.ndarray, fpr: float) -> float:
 
 def build(names, y, fam_idx, seed, benign_labels=None) -> DgaModel:
     m = DgaModel(seed=seed)
-    m.fit(names, y, sample_weight=weights(y, fam_idx), benign_labels=benign_labels)
+    m.fit(names, y, sample_weight=weights(y, fam_idx), benign_labels=benign_labels, groups=fam_idx)
     return m
 
 
-def evaluate(benign, fams, held, seed, log=print) -> tuple[dict, np.ndarray]:
+def evaluate(benign, lists, fams, held, seed, log=print) -> tuple[dict, np.ndarray]:
     """Leave-family-out scores and metrics. Returns (metrics, out-of-fold benign scores)."""
     from sklearn.metrics import roc_auc_score
 
@@ -214,7 +244,35 @@ def evaluate(benign, fams, held, seed, log=print) -> tuple[dict, np.ndarray]:
     for h, parts in held_scores.items():
         sc = np.mean(parts, axis=0) if parts else np.zeros(0)
         met["heldout_benign"][h] = {"n": int(len(sc)), "fpr_lofo_models": float((sc >= thr).mean()) if len(sc) else 0.0}
+    met["leave_list_out"] = leave_list_out(benign, lists, fams, seed,
+                                           {"threshold": thr, "storm": storm,
+                                            "single": met["single_threshold"]}, log)
     return met, oof_b
+
+
+def leave_list_out(benign, lists, fams, seed, thresholds: dict, log=print) -> dict:
+    """Per popular list L: train without L, measure the FPR on L's own names."""
+    out = {}
+    fam_names = sorted(fams)
+    for short in LEAVE_LIST_OUT:
+        held = [b for b, ls in zip(benign, lists) if ls == {short}]
+        if not held:
+            continue
+        t0 = time.time()
+        tr = [b for b, ls in zip(benign, lists) if short not in ls]
+        names, y, fi = list(tr), [0] * len(tr), [-1] * len(tr)
+        for i, fam in enumerate(fam_names):
+            names += fams[fam]
+            y += [1] * len(fams[fam])
+            fi += [i] * len(fams[fam])
+        m = build(names, np.array(y), np.array(fi), seed)
+        sc = m.predict_proba(held)[:, 1]
+        worst = [held[i] for i in np.argsort(-sc)[:5]]
+        out[short] = {"n": len(held), "top_scored": worst,
+                      **{f"fpr_at_{k}": float((sc >= t).mean()) for k, t in thresholds.items()}}
+        log(f"leave-list-out {short}: {len(held)} names only in it, FPR {out[short]['fpr_at_threshold']:.2e} "
+            f"at the threshold ({time.time() - t0:.1f}s)")
+    return out
 
 
 def table(met: dict) -> str:
@@ -237,7 +295,7 @@ def table(met: dict) -> str:
     L.append("")
     L.append("| benign set | n | FPR at threshold |")
     L.append("| --- | ---: | ---: |")
-    L.append(f"| popular (alexa+opendns top, out-of-fold) | {met['n_benign_popular']} | "
+    L.append(f"| popular, all four lists (out-of-fold) | {met['n_benign_popular']} | "
              f"{met['fpr_popular_at_threshold']:.2e} |")
     if "fpr_popular_at_storm_threshold" in met:
         L.append(f"| popular, at the storm threshold (out-of-fold) | {met['n_benign_popular']} | "
@@ -246,6 +304,18 @@ def table(met: dict) -> str:
         L.append(f"| {h} (never trained on; leave-family-out models) | {v['n']} | {v['fpr_lofo_models']:.2e} |")
     for h, v in met.get("heldout_benign_final", {}).items():
         L.append(f"| {h} (shipped model) | {v['n']} | {v['fpr']:.2e} |")
+    llo = met.get("leave_list_out") or {}
+    if llo:
+        L.append("")
+        L.append("Leave-list-out: a model trained without the list, scored on the names only that list holds, "
+                 "at the thresholds above.")
+        L.append("")
+        L.append("| list left out | n | FPR @ threshold | FPR @ storm threshold | FPR @ single-name threshold "
+                 "| highest-scored names |")
+        L.append("| --- | ---: | ---: | ---: | ---: | --- |")
+        for h, v in llo.items():
+            L.append(f"| {h} | {v['n']} | {v['fpr_at_threshold']:.2e} | {v['fpr_at_storm']:.2e} | "
+                     f"{v['fpr_at_single']:.2e} | {', '.join(v['top_scored'][:3])} |")
     L.append("")
     L.append("| family | kind | n | recall @ threshold (unseen) |")
     L.append("| --- | --- | ---: | ---: |")
@@ -273,11 +343,11 @@ def main(argv: list[str] | None = None) -> int:
     log = (lambda *x: print(*x, file=sys.stderr))
     t0 = time.time()
     rng = np.random.default_rng(a.seed)
-    benign, fams, held, files = load_data(root, a.limit or None, rng)
+    benign, lists, fams, held, files = load_data(root, a.limit or None, rng)
     log(f"data: {len(benign)} popular benign, {sum(map(len, fams.values()))} DGA in {len(fams)} families")
     met = {}
     if not a.no_eval:
-        met, _ = evaluate(benign, fams, held, a.seed, log)
+        met, _ = evaluate(benign, lists, fams, held, a.seed, log)
     if a.eval_only:
         print(json.dumps(met, indent=2) if a.json else table(met))
         return 0
@@ -324,14 +394,32 @@ with one command, about {met.get('train_seconds', 0):.0f} s on one core:
 
     .venv/bin/python models/train.py
 
-The model is a HistGradientBoosting classifier over {F.NF} features of the
-scored label (`detector/detect/dga/features.py`, FEATURE_VERSION
-{F.FEATURE_VERSION}): length, entropy, vowel/consonant/digit ratios and runs,
-hex-ness, character 2-/3-gram log-likelihood against the benign training names,
-dictionary-word segmentation coverage (a word list derived from benign labels:
-this machine has no /usr/share/dict), subdomain depth/length and the TLD. The
-n-gram tables and the word list are learned in training and stored in the
-artefact. Loading refuses an artefact built for another feature version (exit 14).
+The model scores the registered label (`example` in `www.example.co.uk`; the
+label below a dynamic-DNS parent such as `duckdns.org`). It is a
+HistGradientBoosting forest over {F.NF} features
+(`detector/detect/dga/features.py`, FEATURE_VERSION {F.FEATURE_VERSION}):
+
+- `ngram_lr`: the logit of a logistic regression over hashed character 1- to
+  5-grams of the label (2^{F.NG_BITS} buckets), trained on the same names; the
+  forest is trained on its *out-of-fold* logits (inner folds that hold each
+  family out), so it learns how the n-gram model behaves on families it never
+  saw;
+- length, entropy, vowel/consonant/digit ratios and runs, hex-ness;
+- character 2-/3-gram log-likelihood against the benign training labels;
+- dictionary-word segmentation coverage against a word list made of the most
+  frequent English words (the `wordsegment` package's counts from the Google
+  Web Trillion Word Corpus, training only) that recur in benign names;
+- subdomain depth and length.
+
+No feature sees the top-level domain: a whole TLD (.xyz, .top, .app) never
+makes a name suspicious. Benign training data mixes popular lists of 2015,
+2022 and 2026, so no year's naming fashion is "benign" by itself. The n-gram
+weights, tables and word list are stored in the artefact; loading refuses an
+artefact built for another feature version (exit 14).
+
+Single names are only part of the evidence. The `dga` detector alerts per
+host on a campaign of non-prevalent NXDOMAIN names (rules/dga.yaml); the
+single-name threshold below is for names that need no campaign.
 
 ## Leave-family-out evaluation (`detector eval dga`)
 

@@ -116,8 +116,8 @@ def test_c_features_and_forest_agree_with_numpy_and_sklearn(model, data):
     names += ["".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 80))) + ".com" for _ in range(3000)]
     names += ["", ".", "a" * 200 + ".net", "x.y.z.duckdns.org"]
     labels, subs, tlds = split_many(names)
-    xc = F.extract_parts(labels, subs, tlds, model.tables)
-    xn = F.extract_parts_numpy(labels, subs, tlds, model.tables)
+    xc = F.extract_parts(labels, subs, model.tables)
+    xn = F.extract_parts_numpy(labels, subs, model.tables)
     assert xc.shape == xn.shape == (len(names), len(FEATURES))
     diff = np.argwhere(xc != xn)
     assert len(diff) == 0, [(labels[r], FEATURES[c], xc[r, c], xn[r, c]) for r, c in diff[:5]]
@@ -182,9 +182,27 @@ def test_heldout_benign_fpr_and_dga_recall(model, data):
         at_thr[fam] = float((p >= thr).mean())
         at_storm[fam] = float((p >= model.storm_threshold).mean())
     # long random-character labels are caught one by one at the default threshold
-    assert min(at_thr["zeus"], at_thr["new_goz"], at_thr["goz"]) >= 0.9, at_thr
+    # (placed for FPR 1e-4 on popular lists that themselves hold random-looking names)
+    assert min(at_thr["zeus"], at_thr["new_goz"]) >= 0.9 and at_thr["goz"] >= 0.6, at_thr
     # shorter ones (12-15 letters) mostly only at the storm threshold, i.e. as a burst
     assert at_storm["cryptolocker"] >= 0.7, at_storm
+
+
+def test_leave_list_out_single_name_alerts_hold_on_popular_lists_never_trained_on(model, data):
+    """Single-name alerts must hold on today's names: a model trained without a
+    popular list alerts alone on almost none of that list's own names, and the
+    shipped model on almost none of the benign lists it never saw."""
+    met = model.metadata["metrics"]
+    llo = met["leave_list_out"]
+    assert set(llo) == {"tranco-2026", "tranco-2022", "alexa-2015"}
+    for name, v in llo.items():
+        assert v["n"] > 10_000, name
+        assert v["fpr_at_single"] <= 1e-4, (name, v)
+        assert v["fpr_at_storm"] <= 0.05, (name, v)
+    for rel in ("benign/opendns-random-domains.txt", "benign/ndpi_test_non_dga.csv"):
+        names = _names(data / rel)
+        p = model.predict_proba(names)[:, 1]
+        assert float((p >= model.single_threshold).mean()) <= 1e-4, rel
 
 
 # --- the detector on captures ----------------------------------------------------------

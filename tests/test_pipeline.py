@@ -95,24 +95,24 @@ def test_registered_domain_matches_tldextract(data):
 
 def test_detector_plugin_suppression_and_schema():
     """NXDOMAINs from the bundled capture: a first alert per (rule, entity,
-    domain) at once, a summary with the count when the window closes; every
-    alert validates against docs/alert.schema.json."""
+    domain) at once, and a closing revision of the same alert id with the count
+    when the window closes; every alert validates against docs/alert.schema.json."""
     out = Collect()
     pipe = Pipeline(rule(), [out], suppress_window=30.0)
     for ev in events(bundled("demo.pcap")):
         pipe.process(ev)
     st = pipe.close()
     assert st.findings > 60
-    firsts = [d for d in out.docs if "summary_of" not in d["dns_detector"]]
-    summaries = [d for d in out.docs if "summary_of" in d["dns_detector"]]
+    firsts = [d for d in out.docs if d["dns_detector"]["revision"] == 1]
+    closing = [d for d in out.docs if d["dns_detector"]["revision"] > 1]
     keys = [(d["rule"]["id"], d["dns_detector"]["entity"], d["dns_detector"]["domain"]) for d in firsts]
     # one first alert per key per window: a key repeats only after 30 s
     assert len(firsts) + st.suppressed == st.findings
-    ids = [d["event"]["id"] for d in out.docs]
+    ids = [d["event"]["id"] for d in firsts]
     assert len(ids) == len(set(ids))
-    for s in summaries:
-        assert s["dns_detector"]["count"] > 1
-        assert s["dns_detector"]["summary_of"] in ids
+    for s in closing:
+        assert s["dns_detector"]["count"] > 1 and s["dns_detector"]["status"] == "closed"
+        assert s["event"]["id"] in ids  # the same alert, updated
     assert len(set(keys)) <= len(keys)
     for d in out.docs:
         jsonschema.validate(d, SCHEMA)
@@ -181,3 +181,36 @@ def test_shipped_rules_load():
     rs = load_rules()
     assert rs.rules, "rules/ holds no rule"
     assert len({r.id for r in rs.rules}) == len(rs.rules)
+
+
+def test_one_open_alert_per_campaign_updated_with_the_same_id():
+    """The suppressor: a first finding is alert revision 1; plain repeats are only
+    counted; a finding the detector marks ``revise`` (a campaign that doubled) or
+    one of higher severity re-emits the same id with the next revision; a keyed
+    campaign's window slides with its findings and closes with a final revision."""
+    from detector.alerts.dedup import Suppressor
+    from detector.events import Finding
+
+    def f(ts, count, revise=False, severity="high", key="dga-campaign:letters", domain="x.com"):
+        g = Finding("dns-dga", "DGA", 0.9, severity, "T1568.002", "DGA", "10.0.0.9", domain,
+                    {"count": count}, "r", ts=ts, key=key)
+        g.revise = revise
+        return g
+
+    s = Suppressor(window=100.0)
+    out = s.offer(f(0, 10))
+    assert [(x[2]["revision"], x[2]["status"]) for x in out] == [(1, "open")]
+    aid = out[0][1]
+    assert s.offer(f(10, 12, domain="y.com")) == []  # a repeat: counted, the key is the campaign
+    out = s.offer(f(20, 20, revise=True, domain="z.com"))
+    assert [(x[1], x[2]["revision"]) for x in out] == [(aid, 2)] and out[0][0].count == 3
+    out = s.offer(f(30, 21, severity="critical"))
+    assert [(x[1], x[2]["revision"]) for x in out] == [(aid, 3)]
+    # the window slides with the campaign: still open 100 s after its start
+    assert s.tick(125.0) == []
+    out = s.tick(131.0)
+    assert [(x[1], x[2]["revision"], x[2]["status"]) for x in out] == [(aid, 4, "closed")]
+    assert s.suppressed == 1 and s.updates == 2
+    # an unkeyed finding's window is fixed, and closes silently when nothing was added
+    out = s.offer(f(200, 1, key=""))
+    assert len(out) == 1 and s.tick(301.0) == []

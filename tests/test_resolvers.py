@@ -24,13 +24,14 @@ from tests.conftest import json_lines, run_detector
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
 
-LISTEN_853 = "import socket;s=socket.create_server(('0.0.0.0',853));c,_=s.accept();c.close()"
+LISTEN = "import socket,sys;s=socket.create_server(('0.0.0.0',int(sys.argv[1])));c,_=s.accept();c.close()"
 OFF = "rule dns-unauthorized-resolver is off"
 
 
 @pytest.fixture(scope="module")
 def two_resolvers(tmp_path_factory):
-    """A real capture: 10.97.0.1 asks dnsmasq on 10.97.0.2 and on 10.97.0.3, opens DoT to .3."""
+    """A real capture: 10.97.0.1 asks dnsmasq on 10.97.0.2 and on 10.97.0.3, opens DoT to .3,
+    looks up dns.google (answered 10.97.0.3) and opens HTTPS to that address."""
     from tests.netns import NetnsPair
 
     assert shutil.which("dnsmasq") or os.path.exists("/usr/sbin/dnsmasq")
@@ -40,19 +41,23 @@ def two_resolvers(tmp_path_factory):
         srv = net.ns["server"]
         subprocess.run(["ip", "-n", srv, "addr", "add", "10.97.0.3/24", "dev", net.dev["server"]], check=True)
         for ip in ("10.97.0.2", "10.97.0.3"):
-            net.popen("server", [dnsmasq, "-k", "--no-resolv", "--no-hosts", "--address=/#/1.2.3.4",
+            net.popen("server", [dnsmasq, "-k", "--no-resolv", "--no-hosts", "--address=/dns.google/10.97.0.3",
+                                 "--address=/#/1.2.3.4",
                                  f"--listen-address={ip}", "--bind-interfaces", "-z", "--user=root",
                                  "--pid-file="])
-        net.popen("server", [sys.executable, "-c", LISTEN_853])
+        for port in ("853", "443"):
+            net.popen("server", [sys.executable, "-c", LISTEN, port])
         time.sleep(0.8)
-        with net.capture("client", pcap, "udp port 53 or tcp port 53 or tcp port 853"):
-            for ip, name in (("10.97.0.2", "allowed.example.com"), ("10.97.0.3", "rogue.example.com"),
-                             ("10.97.0.2", "dns.google")):
+        with net.capture("client", pcap, "udp port 53 or tcp port 53 or tcp port 853 or tcp port 443"):
+            for ip, name, want in (("10.97.0.2", "allowed.example.com", "1.2.3.4"),
+                                   ("10.97.0.3", "rogue.example.com", "1.2.3.4"),
+                                   ("10.97.0.2", "dns.google", "10.97.0.3")):
                 r = net.run("client", ["dig", "+time=2", "+tries=1", f"@{ip}", name, "+short"])
-                assert r.stdout.strip() == "1.2.3.4", r.stdout + r.stderr
-            r = net.run("client", [sys.executable, "-c",
-                                   "import socket;socket.create_connection(('10.97.0.3',853),timeout=5).close()"])
-            assert r.returncode == 0, r.stderr
+                assert r.stdout.strip() == want, r.stdout + r.stderr
+            for port in (853, 443):
+                r = net.run("client", [sys.executable, "-c", "import socket,sys;socket.create_connection("
+                                       f"('10.97.0.3',{port}),timeout=5).close()"])
+                assert r.returncode == 0, r.stderr
     return pcap
 
 
@@ -76,8 +81,10 @@ def test_rogue_resolver_dot_and_doh_bootstrap_are_flagged(two_resolvers, tmp_pat
     alerts = [d for d in json_lines(res.stdout) if "rule_id" in d]
     rogue = {(a["entity"], a["domain"]) for a in alerts if a["rule_id"] == "dns-unauthorized-resolver"}
     assert rogue == {("10.97.0.1", "10.97.0.3")}
-    bypass = {a["features"]["method"] for a in alerts if a["rule_id"] == "dns-resolver-bypass"}
-    assert bypass == {"dot", "doh-bootstrap"}
+    bypass = {a["features"]["method"]: a for a in alerts if a["rule_id"] == "dns-resolver-bypass"}
+    # the lookup of dns.google alone is no alert; HTTPS to the address it resolved to is
+    assert set(bypass) == {"dot", "doh"}
+    assert bypass["doh"]["features"]["doh_host"] == "dns.google" and bypass["doh"]["domain"] == "10.97.0.3"
 
 
 @needs_root

@@ -84,13 +84,14 @@ _OCSF_SEVERITY = {"low": 2, "medium": 3, "high": 4, "critical": 5}
 def ocsf_alert(f: Finding, aid: str, extra: dict[str, Any]) -> dict[str, Any]:
     """OCSF 1.1 Detection Finding (class_uid 2004, category 2 Findings)."""
     ev = f.event
+    act = 2 if extra.get("revision", 1) > 1 else 1  # 1: Create, 2: Update (a later revision)
     d: dict[str, Any] = {
         "class_uid": 2004,
         "class_name": "Detection Finding",
         "category_uid": 2,
         "category_name": "Findings",
-        "type_uid": 200401,  # class_uid * 100 + activity_id (1: Create)
-        "activity_id": 1,
+        "type_uid": 200400 + act,  # class_uid * 100 + activity_id
+        "activity_id": act,
         "time": int(f.ts * 1000),
         "severity_id": _OCSF_SEVERITY.get(f.severity, 3),
         "severity": f.severity.capitalize(),

@@ -59,6 +59,10 @@ def add_pipeline_args(p: argparse.ArgumentParser, events_help: str = "also write
                    help="a query with no response after SEC seconds is 'unanswered' (default 5)")
     d.add_argument("--suppress-window", type=float, default=600.0, metavar="SEC",
                    help="one alert per rule, entity and domain per SEC seconds (default 600)")
+    d.add_argument("--prevalence", metavar="FILE",
+                   help="DGA prevalence table: loaded at start (when it exists) and saved at the end, "
+                   "so names many clients resolved (or on many days) are known across runs; a replay "
+                   "of yesterday's capture warms it for today")
     d.add_argument("--resolvers", type=resolver_list, action="extend", metavar="ADDR[,ADDR|CIDR...]",
                    help="the resolvers this network may use, on top of the rules' allowlists; DNS to "
                    "any other server is an unauthorized-resolver alert (repeatable)")
@@ -87,6 +91,10 @@ def load_ruleset(args: argparse.Namespace) -> RuleSet:
 
     set_policy(rules, host_config=getattr(args, "host_resolvers", False),
                resolvers=tuple(getattr(args, "resolvers", None) or ()))
+    if getattr(args, "prevalence", None):
+        for r in rules.rules:
+            if r.detector == "dga":
+                r.params["prevalence_file"] = args.prevalence
     return rules
 
 
@@ -152,6 +160,18 @@ def _kafka_alert_sink(args: argparse.Namespace) -> Sink | None:
 
     conf = kafka_config_from_args(args)
     return KafkaSink(conf)
+
+
+def event_publisher(args: argparse.Namespace):
+    """The dns-events publisher for ``--publish-events`` (None without the flag)."""
+    if not getattr(args, "publish_events", False):
+        return None
+    if not getattr(args, "kafka", None):
+        raise DetectorError("--publish-events needs --kafka BOOTSTRAP", errors.USAGE)
+    from detector.kafkaconf import kafka_config_from_args
+    from detector.sinks.kafka import EventPublisher
+
+    return EventPublisher(kafka_config_from_args(args))
 
 
 def _start_metrics(args: argparse.Namespace):

@@ -9,7 +9,8 @@ events before them were processed and the alerts they raised were acked by
 the broker or written to the on-disk spool. After a crash the uncommitted
 tail is processed again, so an alert may be published twice; it carries the
 same ``event.id`` (a stable hash of rule, entity, domain and window start),
-so consumers of dns-alerts drop duplicates by alert id.
+so consumers of dns-alerts drop duplicates by alert id and revision (a higher
+revision of the same id is the same alert, updated).
 
 State: sensors key events by registered domain, so one domain's queries,
 responses and windows are on one partition. Each assigned partition gets its

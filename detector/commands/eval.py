@@ -67,9 +67,9 @@ def run(args: argparse.Namespace) -> int:
             raise DetectorError(f"{root}: no dga/families folder here", errors.USAGE,
                                 "point --data (or DETECTOR_SHARED_DATA) at the shared data folder")
         seed = train.SEED if args.seed is None else args.seed
-        benign, fams, held, _ = train.load_data(root, args.limit or None, np.random.default_rng(seed))
+        benign, lists, fams, held, _ = train.load_data(root, args.limit or None, np.random.default_rng(seed))
         log = (lambda *a: print(*a, file=sys.stderr)) if sys.stderr.isatty() else (lambda *a: None)
-        met, _ = train.evaluate(benign, fams, held, seed, log)
+        met, _ = train.evaluate(benign, lists, fams, held, seed, log)
     if args.json:
         print(json.dumps(met, indent=2, sort_keys=True))
     else:

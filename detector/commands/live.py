@@ -8,8 +8,8 @@ import threading
 import time
 
 from detector import errors
-from detector.commands.common import add_pipeline_args, build_pipeline, port_list, print_summary, rules_off
-from detector.errors import DetectorError
+from detector.commands.common import (add_pipeline_args, build_pipeline, event_publisher, port_list,
+                                     print_summary, rules_off)
 
 #: set while probes are attached (the demo starts its sample traffic on it)
 ARMED = threading.Event()
@@ -65,14 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from detector.events import ConnEvent
 
     check_requirements()  # before building sinks: a clear error first
-    publisher = None
-    if args.publish_events:
-        if not getattr(args, "kafka", None):
-            raise DetectorError("--publish-events needs --kafka BOOTSTRAP", errors.USAGE)
-        from detector.kafkaconf import kafka_config_from_args
-        from detector.sinks.kafka import EventPublisher
-
-        publisher = EventPublisher(kafka_config_from_args(args))
+    publisher = event_publisher(args)
     pipe, _ = build_pipeline(args)
     cap = LiveCapture(ports=args.ports)
     cap.start()

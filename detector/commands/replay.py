@@ -11,7 +11,8 @@ import time
 from detector import errors
 from detector.capture.layers import DEFAULT_PORTS, SUPPORTED_LINKTYPES, PacketDecoder
 from detector.capture.pcap import CaptureError, PcapReader
-from detector.commands.common import add_pipeline_args, build_pipeline, port_list, print_summary, rules_off
+from detector.commands.common import (add_pipeline_args, build_pipeline, event_publisher, port_list,
+                                     print_summary, rules_off)
 from detector.errors import DetectorError
 
 HELP = """\
@@ -89,14 +90,7 @@ def run(args: argparse.Namespace) -> int:
     for f in args.files:
         if not os.path.exists(f):
             raise DetectorError(f"{f}: no such file", errors.USAGE)
-    publisher = None
-    if args.publish_events:
-        if not getattr(args, "kafka", None):
-            raise DetectorError("--publish-events needs --kafka BOOTSTRAP", errors.USAGE)
-        from detector.kafkaconf import kafka_config_from_args
-        from detector.sinks.kafka import EventPublisher
-
-        publisher = EventPublisher(kafka_config_from_args(args))
+    publisher = event_publisher(args)
     pipe, _ = build_pipeline(args)
     conn = _conn_handler(pipe)
     dec = PacketDecoder(args.ports, on_conn=conn)

@@ -82,7 +82,8 @@ class Top:
             # OCSF or unknown shape: count what we can
             rule = (doc.get("finding_info") or {}).get("title", "?")
         aid = (doc.get("event") or {}).get("id") if isinstance(doc.get("event"), dict) else doc.get("alert_id")
-        if aid:  # at-least-once delivery: the same alert may arrive twice, same id
+        if aid:  # at-least-once delivery: the same alert may arrive twice, same id and
+            # revision; a later revision of an alert counted already is no new alert
             if aid in self._ids:
                 self.duplicates += 1
                 return

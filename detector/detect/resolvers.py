@@ -173,13 +173,22 @@ def _say_off(rule_id: str, why: str) -> None:
 @register
 class ResolverBypass(Detector):
     name = "resolver_bypass"
-    params = {"dot_ports": [853], "doh_port": 443}
-    kinds = frozenset({"query"})
+    params = {
+        "dot_ports": [853],
+        "doh_port": 443,
+        # A lookup of a DoH hostname alone is no alert: browsers and OS resolvers
+        # probe their DoH endpoints routinely. Its answers join the known DoH
+        # addresses instead, so the connection that follows is the alert.
+        "alert_on_lookup": False,
+        "max_learned": 4096,  # DoH addresses learnt from answers (oldest dropped)
+    }
+    kinds = frozenset({"query", "response"})
 
     def __init__(self, rule, rules) -> None:
         super().__init__(rule, rules)
         self.hosts, self.ips = load_doh_lists(rule.params.get("doh_lists", []) or [])
         self.dot_ports = frozenset(int(p) for p in self.p["dot_ports"])
+        self.learned: dict[str, str] = {}  # address -> the DoH hostname it answered for
 
     @staticmethod
     def check_rule(rule) -> str | None:
@@ -189,6 +198,8 @@ class ResolverBypass(Detector):
         return None
 
     def process(self, ev: DnsEvent) -> list[Finding]:
+        if ev.kind == "response" and not ev.answers:
+            return []
         name = ev.qname.lower().rstrip(".")
         hosts = self.hosts
         hit = name if name in hosts else None
@@ -199,7 +210,16 @@ class ResolverBypass(Detector):
                 if tail.count(".") >= 1 and tail in hosts:
                     hit = tail
                 i = name.find(".", i + 1)
-        if hit is None or self.rule.allowlist.covers_domain(name) \
+        if hit is None:
+            return []
+        if ev.kind == "response":
+            for a in ev.answers:
+                if a.rtype in (1, 28) and a.data not in self.ips:
+                    self.learned[a.data] = hit
+                    if len(self.learned) > self.p["max_learned"]:
+                        del self.learned[next(iter(self.learned))]
+            return []
+        if not self.p["alert_on_lookup"] or self.rule.allowlist.covers_domain(name) \
                 or self.rule.allowlist.covers_process(ev) or self.rules.allowlist.covers_process(ev):
             return []
         ent = entity_of(ev)
@@ -212,7 +232,7 @@ class ResolverBypass(Detector):
     def process_conn(self, c: ConnEvent) -> list[Finding]:
         if c.dst_port in self.dot_ports:
             method = "dot" if c.transport == "tcp" else "doq"
-        elif c.dst_port == self.p["doh_port"] and c.dst_ip in self.ips:
+        elif c.dst_port == self.p["doh_port"] and (c.dst_ip in self.ips or c.dst_ip in self.learned):
             method = "doh"
         else:
             return []
@@ -227,7 +247,8 @@ class ResolverBypass(Detector):
         f = self.finding(
             None, score=0.8, entity=ent, domain=c.dst_ip, ts=c.ts,
             features={"method": method, "server": c.dst_ip, "port": c.dst_port,
-                      "transport": c.transport, "source": f"{c.src_ip}:{c.src_port}"},
+                      "transport": c.transport, "source": f"{c.src_ip}:{c.src_port}",
+                      **({"doh_host": self.learned[c.dst_ip]} if c.dst_ip in self.learned else {})},
             reason=f"{ent} opened {what} to {c.dst_ip}:{c.dst_port}, bypassing the allowed resolvers")
         f.ts = c.ts
         return [f]

@@ -68,6 +68,13 @@ def suffix_depth(labels: list[str]) -> int:
     return best
 
 
+def suffix_is_tld(last_two: str, tld: str) -> bool:
+    """True when, for a name ending in ``last_two`` (``label.tld``), the public suffix
+    is exactly ``tld``: no longer rule (``co.uk``, ``*.ck``) can apply, so the
+    registered domain is ``last_two`` without walking the labels."""
+    return tld in _RULES and last_two not in _NODES and tld not in _WILD
+
+
 def known_suffix(suffix: str) -> bool:
     """True when ``suffix`` is a public suffix of the bundled list (ICANN section)."""
     return suffix in _RULES or suffix.partition(".")[2] in _WILD

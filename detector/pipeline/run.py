@@ -192,7 +192,8 @@ class Pipeline:
         doc = render_alert(f, aid, extra, self.fmt)
         self.stats.alerts += 1
         self.stats.alerts_by_rule[f.rule_id] += 1
-        key = f.domain or None
+        # every revision of one alert under one key: a keyed sink (Kafka) keeps them in order
+        key = f"{f.rule_id}|{f.entity}|{f.key or f.domain}"
         for s in self.alert_sinks:
             s.write(doc, key)
         if self.on_alert is not None:

@@ -11,7 +11,8 @@ after they were acked. A later run drains what an earlier one left. Nothing
 blocks for long: ``max_block_ms``, ``request_timeout_ms`` and ``delivery_timeout_ms``
 bound every call, and ``close()`` is bounded too.
 
-Keys: alerts are keyed by registered domain. Events are keyed by registered
+Keys: alerts are keyed by rule, entity and campaign (``rule|entity|key``), so
+every revision of one alert lands on one partition, in order. Events are keyed by registered
 domain as well, so that a domain's queries, responses and windows (DGA,
 tunneling per domain) land on one partition and therefore one consumer of
 the group; a client's windows that span domains (e.g. NXDOMAIN bursts)

@@ -1,45 +1,69 @@
-"""DGA detector: names that look machine-generated, alone or as a storm.
+"""DGA detector: a host walking a generated domain list, with host-level evidence.
 
-Each query (and NXDOMAIN response) name is scored by the model in
-``models/dga.joblib`` (see :mod:`detector.detect.dga.model`). Per entity (the
-process when known, else the client address) a bounded sliding window keeps the
-distinct suspicious names seen in the last ``window`` seconds. A finding is
-raised for
+A bot with a domain-generation algorithm asks for many names its generator
+made, almost all answered NXDOMAIN, until one resolves (the live C2). One
+odd-looking name proves little (popular CDN, tracker and telemetry names look
+random too), so the evidence is gathered per host, the way production DNS
+security catches DGAs. Per entity (the process when known, else the client
+address), over a sliding ``window`` of capture time, the detector keeps:
 
-* one name scoring at least ``single_score`` (a very confident single hit;
-  0 = the artefact's single-name threshold, above every popular benign name
-  scored out-of-fold in training), or
-* ``min_distinct`` or more distinct suspicious names in the window: names
-  scoring at least the model's default threshold (``score``; 0 = the
-  artefact's), or NXDOMAIN answers for names scoring at least ``nx_score``
-  (the NXDOMAIN storm of a bot walking its domain list; 0 = the artefact's
-  storm threshold, which 1% of popular names reach).
+* the distinct registered domains answered NXDOMAIN that are not prevalent,
+  with their model score (``models/dga.joblib``, :mod:`.model`);
+* how alike they are: the share in one generator *shape* (alphabet class and a
+  length band; the TLDs are reported), since one generator makes one shape;
+* the entity's NXDOMAIN ratio;
+* prevalence (:mod:`.prevalence`): a name many distinct clients resolve
+  NOERROR, or that has resolved on many days, is never evidence and never
+  alerted on alone.
+
+A campaign is raised for an entity when either
+
+* ``min_distinct`` of its non-prevalent NXDOMAIN names score at least
+  ``nx_score`` (0 = the model's storm threshold, reached by 1% of popular
+  names), or
+* ``min_nx_names`` non-prevalent NXDOMAIN names, ``min_alike`` of them in one
+  shape, make up at least ``min_nx_ratio`` of its answers (wordlist DGAs,
+  whose names score like ordinary ones one by one).
+
+One alert per entity and campaign (shape): it carries sample names, counts,
+the NXDOMAIN ratio, the generator's shape and the names of that shape that did
+resolve (C2 candidates), and it is re-reported, with the same alert id, as the
+campaign doubles (alerts/dedup.py). A single name is an alert by itself only
+at ``single_score`` (0 = the model's single-name threshold, above every popular
+benign name scored out-of-fold) and never when prevalent.
 
 Excluded before scoring: reverse lookups (``*.arpa``), ``.local``,
 ``.internal``/``.lan``/``.home``/``.localdomain``, single-label names,
 service discovery and other underscore labels (``_tcp.``, ``_udp.``,
 ``_dmarc``), and the rule's and global allowlists.
 
-Events are scored in small batches (``batch`` events, or at the next tick of
+Names are scored in small batches (``batch`` events, or at the next tick of
 capture time), since one vectorised call over many names costs about as much
 as a handful of single calls.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 
 from detector.detect.base import Detector, entity_of, register
 from detector.detect.dga import features as _features  # noqa: F401 - re-exported module
-from detector.detect.dga.features import FEATURE_VERSION, split_label
+from detector.detect.dga.features import FEATURE_VERSION, scored_domain, split_label
 from detector.detect.dga.model import DgaModel, default_model
+from detector.detect.dga.prevalence import Prevalence, shared
+from detector.errors import DetectorError
 from detector.events import DnsEvent, Finding
 
-__all__ = ["Dga", "DgaModel", "FEATURE_VERSION", "excluded"]
+log = logging.getLogger(__name__)
+
+__all__ = ["Dga", "DgaModel", "FEATURE_VERSION", "Prevalence", "excluded", "shape_of"]
 
 NXDOMAIN = 3
+NOERROR = 0
 _LOCAL_SUFFIXES = (".local", ".internal", ".lan", ".home", ".localdomain", ".home.arpa",
                    ".localhost", ".corp", ".intranet", ".private", ".test", ".invalid", ".example")
+_HEX = frozenset("0123456789abcdef")
 
 
 def excluded(name: str) -> str | None:
@@ -55,25 +79,54 @@ def excluded(name: str) -> str | None:
     return None
 
 
-class _Window:
-    __slots__ = ("names", "storm_until")
+def shape_of(label: str) -> str:
+    """The alphabet class of a generated label: what one generator keeps fixed."""
+    has_digit = any(c.isdigit() for c in label)
+    if "-" in label:
+        return "hyphenated"
+    if not has_digit:
+        return "letters"
+    if _HEX.issuperset(label):
+        return "hex"
+    return "letters+digits"
 
-    def __init__(self) -> None:
-        self.names: OrderedDict[str, tuple[float, float, bool]] = OrderedDict()  # name -> (ts, score, nx)
-        self.storm_until = 0.0
+
+class _Entity:
+    """One client's or process's window: NXDOMAIN names, answer counts, resolved names."""
+
+    __slots__ = ("nx_names", "resolved", "halves", "reported")
+
+    def __init__(self, ts: float) -> None:
+        # registered domain -> (ts, score, label length, shape, tld)
+        self.nx_names: OrderedDict[str, tuple[float, float, int, str, str]] = OrderedDict()
+        # non-prevalent names that resolved, with their score: C2 candidates
+        self.resolved: OrderedDict[str, tuple[float, float, int, str]] = OrderedDict()
+        # [start, answers, nxdomain answers] for the previous and current half-window
+        self.halves = [[ts, 0, 0], [ts, 0, 0]]
+        # shape -> (distinct names, capture time) at the last report: re-reported when
+        # it doubles or a C2 candidate resolves, afresh once a window has passed
+        self.reported: dict[str, tuple[int, float]] = {}
 
 
 @register
 class Dga(Detector):
     name = "dga"
     params = {
-        "score": 0.0,  # suspicious at or above this score; 0 = the model's default threshold
         "single_score": 0.0,  # one name this confident is a finding on its own; 0 = the model's
         # single-name threshold (above every popular benign name seen out-of-fold)
         "nx_score": 0.0,  # an NXDOMAIN name at or above this counts as suspicious; 0 = the
         # model's storm threshold (FPR 1e-2 on popular names)
-        "min_distinct": 8,  # distinct suspicious names in the window for a storm finding
+        "min_distinct": 8,  # suspicious non-prevalent NXDOMAIN names for a campaign
+        "min_nx_names": 10,  # or: this many non-prevalent NXDOMAIN names ...
+        "min_alike": 0.6,  # ... this share of them in one generator shape ...
+        "min_nx_ratio": 0.15,  # ... making up this share of the entity's answers
+        "length_band": 3,  # a shape's labels lie within this many characters of its median
         "window": 300.0,  # seconds of capture time
+        "prevalent_clients": 5,  # a name resolved NOERROR by this many clients is prevalent
+        "prevalent_days": 3,  # ... or on this many distinct days (by two clients at least)
+        "shared_nx_clients": 5,  # a name this many clients got NXDOMAIN for is blocked or broken,
+        # not one host's generator: it never counts toward a shape match
+        "max_prevalence": 200000,  # registered domains in the prevalence table (LRU)
         "max_names": 256,  # per-entity window bound
         "max_entities": 20000,  # entities tracked (LRU)
         "batch": 256,  # events scored per model call
@@ -83,23 +136,42 @@ class Dga(Detector):
     def __init__(self, rule, rules) -> None:
         super().__init__(rule, rules)
         self.model = default_model(rule.params.get("model") or None)
-        self.threshold = float(self.p["score"]) or self.model.threshold
         self.single = float(self.p["single_score"]) or self.model.single_threshold
         self.nx = float(self.p["nx_score"]) or self.model.storm_threshold
-        self.windows: OrderedDict[str, _Window] = OrderedDict()
+        self.prevalence_path = rule.params.get("prevalence_file") or None
+        self.prevalence = (shared(self.prevalence_path, int(self.p["max_prevalence"]))
+                           if self.prevalence_path else Prevalence(int(self.p["max_prevalence"])))
+        self.windows: OrderedDict[str, _Entity] = OrderedDict()
         self.pending: list[tuple[DnsEvent, str]] = []
         self.skipped: dict[str, int] = {}
+        self.half = float(self.p["window"]) / 2
+        self.save_errors = 0
 
     @staticmethod
     def check_rule(rule) -> str | None:
         m = rule.params.get("model")
         if m is not None and not isinstance(m, str):
             return "params.model: expected a path to a model artefact"
+        pf = rule.params.get("prevalence_file")
+        if pf is not None and not isinstance(pf, str):
+            return "params.prevalence_file: expected a path"
+        if not 0 <= float(rule.thresholds.get("min_alike", 0.6)) <= 1:
+            return "thresholds.min_alike: a share between 0 and 1"
+        if not 0 <= float(rule.thresholds.get("min_nx_ratio", 0.3)) <= 1:
+            return "thresholds.min_nx_ratio: a share between 0 and 1"
         return None
 
     def process(self, ev: DnsEvent) -> list[Finding]:
-        if ev.kind == "response" and ev.rcode != NXDOMAIN:
-            return []
+        kind = ev.kind
+        rcode = ev.rcode
+        if kind == "response":
+            ent = self._entity(entity_of(ev), ev.ts)
+            h = self._half(ent, ev.ts)
+            h[1] += 1
+            if rcode == NXDOMAIN:
+                h[2] += 1
+            elif not (rcode == NOERROR and ev.ancount and ev.registered_domain):
+                return []
         name = ev.qname.lower().rstrip(".")
         why = excluded(name)
         if why is None and self.allowed(ev):
@@ -108,8 +180,15 @@ class Dga(Detector):
             self.skipped[why] = self.skipped.get(why, 0) + 1
             return []
         # Score the registered domain (what the model is trained on: www.x.com and x.com
-        # are one name to it), so the score cache is keyed by registered domain.
-        self.pending.append((ev, ev.registered_domain or name))
+        # are one name to it; under a dynamic-DNS parent, the label below it), so the
+        # score cache and the prevalence table are keyed by it.
+        key = scored_domain(name, ev.registered_domain, ev.subdomain)
+        if kind == "response":
+            if rcode == NXDOMAIN:
+                self.prevalence.observe_nx(key, ev.client[0], ev.ts)
+            else:
+                self.prevalence.observe(key, ev.client[0], ev.ts)
+        self.pending.append((ev, key))
         if len(self.pending) >= self.p["batch"]:
             return self._flush()
         return []
@@ -118,7 +197,14 @@ class Dga(Detector):
         return self._flush() if self.pending else []
 
     def close(self) -> list[Finding]:
-        return self._flush() if self.pending else []
+        out = self._flush() if self.pending else []
+        if self.prevalence_path:
+            try:
+                self.prevalence.save(self.prevalence_path)
+            except DetectorError as e:  # the alerts still go out; say once what was not kept
+                log.error("%s", e)
+                self.save_errors += 1
+        return out
 
     def _flush(self) -> list[Finding]:
         batch, self.pending = self.pending, []
@@ -128,46 +214,137 @@ class Dga(Detector):
             out.extend(self._judge(ev, name, score, top))
         return out
 
-    def _judge(self, ev: DnsEvent, name: str, score: float, top: list) -> list[Finding]:
-        nx = ev.kind == "response" and ev.rcode == NXDOMAIN
-        suspicious = score >= self.threshold or (nx and score >= self.nx)
-        if not suspicious:
+    # --- judgement ----------------------------------------------------------------
+    def _judge(self, ev: DnsEvent, reg: str, score: float, top: list) -> list[Finding]:
+        if self.prevalence.prevalent(reg, self.p["prevalent_clients"], self.p["prevalent_days"]):
+            self.skipped["prevalent"] = self.skipped.get("prevalent", 0) + 1
             return []
-        out = []
         entity = entity_of(ev)
-        reg = ev.registered_domain or name
-        feats = {"dga_score": round(score, 4), "top_features": dict(top), "label": split_label(name)[0],
-                 "nxdomain": nx, "threshold": round(self.threshold, 4)}
-        if score >= self.single and not nx:
-            out.append(self.finding(ev, score=score, entity=entity, domain=reg, features={**feats, "count": 1},
-                                    reason=f"{name} looks machine-generated (DGA score {score:.3f})"))
-        w = self._window(entity)
-        ts = ev.ts
-        horizon = ts - self.p["window"]
-        names = w.names
-        prev = names.pop(reg, None)
-        names[reg] = (ts, max(score, prev[1]) if prev else score, nx or (prev[2] if prev else False))
+        if ev.kind == "query":
+            if score < self.single:
+                return []
+            feats = {"dga_score": round(score, 4), "top_features": dict(top), "label": split_label(reg)[0],
+                     "nxdomain": False, "threshold": round(self.single, 4), "count": 1,
+                     "prevalence": {"clients": self.prevalence.clients(reg), "days": self.prevalence.days(reg)}}
+            return [self.finding(ev, score=score, entity=entity, domain=reg, features=feats,
+                                 reason=f"{reg} looks machine-generated (DGA score {score:.3f}, "
+                                        f"above every popular name) and is not prevalent")]
+        label, _, tld = split_label(reg)
+        ent = self._entity(entity, ev.ts)
+        horizon = ev.ts - self.p["window"]
+        rec = (ev.ts, score, len(label), shape_of(label), tld)
+        if ev.rcode != NXDOMAIN:
+            # a non-prevalent name that resolved: a C2 candidate, whatever its score
+            # (a wordlist family's C2 scores like an ordinary name)
+            new = reg not in ent.resolved
+            ent.resolved.pop(reg, None)
+            ent.resolved[reg] = rec[:4]
+            while len(ent.resolved) > 16:
+                ent.resolved.popitem(last=False)
+            if new and ent.nx_names and rec[3] in ent.reported and ev.ts - ent.reported[rec[3]][1] <= self.p["window"]:
+                return self._campaign(ev, entity, ent, c2=reg)  # the open campaign's C2 resolved
+            return []
+        names = ent.nx_names
+        names.pop(reg, None)
+        names[reg] = rec
         while names and (next(iter(names.values()))[0] < horizon or len(names) > self.p["max_names"]):
             names.popitem(last=False)
-        n = len(names)
-        if n >= self.p["min_distinct"] and ts >= w.storm_until:
-            w.storm_until = ts + self.p["window"]
-            sample = sorted(names.items(), key=lambda kv: -kv[1][1])[:10]
-            nxn = sum(1 for v in names.values() if v[2])
-            out.append(self.finding(
-                ev, score=max(v[1] for v in names.values()), entity=entity, domain=reg,
-                severity="high",
-                features={**feats, "count": n, "nxdomain_count": nxn, "window_s": self.p["window"],
-                          "sample_names": [k for k, _ in sample]},
-                reason=f"{entity} asked for {n} distinct machine-generated-looking domains "
-                       f"in {self.p['window']:.0f}s ({nxn} NXDOMAIN)"))
-        return out
+        return self._campaign(ev, entity, ent)
 
-    def _window(self, entity: str) -> _Window:
+    def _campaign(self, ev: DnsEvent, entity: str, ent: _Entity, c2: str = "") -> list[Finding]:
+        names = ent.nx_names
+        n = len(names)
+        if n < min(self.p["min_distinct"], self.p["min_nx_names"]):
+            return []
+        suspicious = [k for k, v in names.items() if v[1] >= self.nx]
+        answers = sum(h[1] for h in ent.halves)
+        nx = sum(h[2] for h in ent.halves)
+        ratio = nx / answers if answers else 0.0
+        by_score = len(suspicious) >= self.p["min_distinct"]
+        if by_score:  # the generator is what the suspicious names have in common
+            shape, alike = self._dominant_shape({k: names[k] for k in suspicious})
+        else:
+            own = {k: v for k, v in names.items()
+                   if self.prevalence.nx_clients(k) < self.p["shared_nx_clients"]}
+            if len(own) < self.p["min_nx_names"]:
+                return []
+            shape, alike = self._dominant_shape(own)
+            if not (len(alike) / n >= self.p["min_alike"] and ratio >= self.p["min_nx_ratio"]):
+                return []
+        key = shape["alphabet"]
+        last_n, last_ts = ent.reported.get(key, (0, -1e18))
+        fresh = ev.ts - last_ts > self.p["window"]
+        if not (fresh or n >= 2 * last_n or c2):
+            return []  # reported; the alert is updated when the campaign doubles or its C2 resolves
+        ent.reported[key] = (n, ev.ts)
+        members = [names[k] for k in alike]
+        lens = sorted(v[2] for v in members)
+        tlds: dict[str, int] = {}
+        for v in members:
+            tlds[v[4]] = tlds.get(v[4], 0) + 1
+        band = self.p["length_band"]
+        resolved = [k for k, v in ent.resolved.items()
+                    if v[3] == key and abs(v[2] - shape["median_length"]) <= band]
+        sample = sorted(alike, key=lambda k: -names[k][1])[:10]
+        best = max(v[1] for v in members)
+        feats = {
+            "count": n,
+            "suspicious_count": len(suspicious),
+            "nxdomain_count": n,
+            "nxdomain_ratio": round(ratio, 3),
+            "answers": answers,
+            "window_s": self.p["window"],
+            "campaign": {
+                "alphabet": key,
+                "length_min": lens[0], "length_max": lens[-1], "median_length": shape["median_length"],
+                "alike_share": round(len(alike) / n, 3),
+                "tlds": dict(sorted(tlds.items(), key=lambda kv: -kv[1])[:5]),
+            },
+            "matched_by": "score" if by_score else "generator shape",
+            "sample_names": sample,
+            "resolved_names": resolved[-5:],
+            "dga_score": round(best, 4),
+            # why the most generated-looking sample scores as it does (from the score cache)
+            "top_features": dict(self.model.score(sample[0])[1]) if sample else {},
+            "threshold": round(self.nx, 4),
+        }
+        reason = (f"{entity} asked for {n} distinct non-prevalent domains answered NXDOMAIN in "
+                  f"{self.p['window']:.0f}s ({ratio:.0%} of its answers; {len(alike)} of one shape: "
+                  f"{key}, {lens[0]}-{lens[-1]} characters; {len(suspicious)} scored as machine-generated)")
+        if resolved:
+            reason += f"; resolved (C2 candidates): {', '.join(resolved[-3:])}"
+        f = self.finding(ev, score=max(best, 0.5), entity=entity, domain=c2 or (sample[0] if sample else ""),
+                         severity="high", features=feats, reason=reason)
+        f.key = f"dga-campaign:{key}"
+        f.revise = not fresh
+        return [f]
+
+    def _dominant_shape(self, names) -> tuple[dict, list[str]]:
+        """The most common alphabet class, its median length, and the names of that
+        class within ``length_band`` of the median."""
+        by: dict[str, list[str]] = {}
+        for k, v in names.items():
+            by.setdefault(v[3], []).append(k)
+        cls, members = max(by.items(), key=lambda kv: len(kv[1]))
+        lens = sorted(names[k][2] for k in members)
+        med = lens[len(lens) // 2]
+        band = self.p["length_band"]
+        alike = [k for k in members if abs(names[k][2] - med) <= band]
+        return {"alphabet": cls, "median_length": med}, alike
+
+    # --- state ----------------------------------------------------------------------
+    def _half(self, ent: _Entity, ts: float) -> list:
+        cur = ent.halves[1]
+        if ts - cur[0] >= self.half:
+            ent.halves = [cur if ts - cur[0] < 2 * self.half else [ts, 0, 0], [ts, 0, 0]]
+            cur = ent.halves[1]
+        return cur
+
+    def _entity(self, entity: str, ts: float) -> _Entity:
         ws = self.windows
         w = ws.get(entity)
         if w is None:
-            w = ws[entity] = _Window()
+            w = ws[entity] = _Entity(ts)
             if len(ws) > self.p["max_entities"]:
                 ws.popitem(last=False)
         else:

@@ -22,6 +22,9 @@
 #define MAXWORD 12
 #define A 39
 #define NF 25
+#define NG_MAX 5   /* character n-grams of 1..NG_MAX, over the label framed by 39 */
+#define NG_BASE 40
+#define NG_BITS 19 /* hashed into 2^NG_BITS weights */
 #define BITS 22
 #define P 1000003ULL
 #define GOLD 0x9E3779B97F4A7C15ULL
@@ -205,8 +208,30 @@ static void char_features(const unsigned char *m, int len, const tables_t *t, fl
     X[13] = (float)(tll / lm);
     X[14] = tmin;
     X[15] = (float)(unseen / lm);
-    X[23] = (float)(tll - (len + 1) * LOG_UNIFORM);
-    X[24] = (float)(bll - (len + 1) * LOG_UNIFORM);
+    X[22] = (float)(tll - (len + 1) * LOG_UNIFORM);
+    X[23] = (float)(bll - (len + 1) * LOG_UNIFORM);
+}
+
+/* The hashed character n-gram model's logit: bias + the sum of the weights of
+ * every 1..NG_MAX-gram of the label framed by a boundary symbol (39), counted
+ * with repeats, summed in double in (n, position) order, as
+ * features.ngram_logits does, so both agree bit for bit. */
+static double ngram_logit(const unsigned char *m, int len, const float *w, double bias) {
+    unsigned char s[MAXLEN + 2];
+    s[0] = 39;
+    memcpy(s + 1, m, (size_t)len);
+    s[len + 1] = 39;
+    int L = len + 2;
+    double acc = 0.0;
+    for (int k = 1; k <= NG_MAX; k++) {
+        for (int i = 0; i + k <= L; i++) {
+            uint64_t id = 0;
+            for (int j = 0; j < k; j++) id = id * NG_BASE + s[i + j];
+            uint64_t h = (id + ((uint64_t)k << 40)) * GOLD;
+            acc += (double)w[h >> (64 - NG_BITS)];
+        }
+    }
+    return acc + bias;
 }
 
 static int get_buf(PyObject *o, Py_buffer *b, Py_ssize_t need, int writable, const char *what) {
@@ -220,19 +245,21 @@ static int get_buf(PyObject *o, Py_buffer *b, Py_ssize_t need, int writable, con
     return 0;
 }
 
-/* features(labels, subs, tld_ids, bigram, trigram, seen, t1, t2, out) */
+/* features(labels, subs, bigram, trigram, seen, t1, t2, ngram_w, ngram_bias, out) */
 static PyObject *features(PyObject *self, PyObject *args) {
-    PyObject *labels, *subs, *tlds, *obig, *otri, *oseen, *ot1, *ot2, *oout;
-    if (!PyArg_ParseTuple(args, "O!O!O!OOOOOO", &PyList_Type, &labels, &PyList_Type, &subs,
-                          &PyList_Type, &tlds, &obig, &otri, &oseen, &ot1, &ot2, &oout))
+    PyObject *labels, *subs, *obig, *otri, *oseen, *ot1, *ot2, *ong, *oout;
+    double ng_bias;
+    if (!PyArg_ParseTuple(args, "O!O!OOOOOOdO", &PyList_Type, &labels, &PyList_Type, &subs,
+                          &obig, &otri, &oseen, &ot1, &ot2, &ong, &ng_bias, &oout))
         return NULL;
     Py_ssize_t n = PyList_GET_SIZE(labels);
-    if (PyList_GET_SIZE(subs) != n || PyList_GET_SIZE(tlds) != n) {
-        PyErr_SetString(PyExc_ValueError, "labels, subs and tld ids differ in length");
+    if (PyList_GET_SIZE(subs) != n) {
+        PyErr_SetString(PyExc_ValueError, "labels and subs differ in length");
         return NULL;
     }
-    Py_buffer bb, tb, sb, b1 = {0}, b2 = {0}, ob;
+    Py_buffer bb, tb, sb, b1 = {0}, b2 = {0}, bg = {0}, ob;
     int have_words = ot1 != Py_None && ot2 != Py_None;
+    int have_ng = ong != Py_None;
     if (get_buf(obig, &bb, A * A * 4, 0, "bigram") < 0) return NULL;
     if (get_buf(otri, &tb, A * A * A * 4, 0, "trigram") < 0) goto e1;
     if (get_buf(oseen, &sb, A * A * A, 0, "trigram_seen") < 0) goto e2;
@@ -240,7 +267,8 @@ static PyObject *features(PyObject *self, PyObject *args) {
         if (get_buf(ot1, &b1, 1 << BITS, 0, "t1") < 0) goto e3;
         if (get_buf(ot2, &b2, 1 << BITS, 0, "t2") < 0) goto e4;
     }
-    if (get_buf(oout, &ob, n * NF * 4, 1, "out") < 0) goto e5;
+    if (have_ng && get_buf(ong, &bg, (Py_ssize_t)4 << NG_BITS, 0, "ngram weights") < 0) goto e5;
+    if (get_buf(oout, &ob, n * NF * 4, 1, "out") < 0) goto e5g;
     tables_t t = {bb.buf, tb.buf, sb.buf, have_words ? b1.buf : NULL, have_words ? b2.buf : NULL};
     float *X = ob.buf;
     unsigned char m[MAXLEN];
@@ -251,6 +279,7 @@ static PyObject *features(PyObject *self, PyObject *args) {
         if (len < 0) goto e6;
         char_features(m, len, &t, x);
         if (have_words && len > 0) word_cover(m, len, &t, x + 16);
+        if (have_ng) x[24] = (float)ngram_logit(m, len, bg.buf, ng_bias);
         PyObject *s = PyList_GET_ITEM(subs, r);
         if (!PyUnicode_Check(s)) {
             PyErr_SetString(PyExc_TypeError, "subs must be str");
@@ -265,11 +294,9 @@ static PyObject *features(PyObject *self, PyObject *args) {
             x[20] = (float)(nd + 1);
         }
         x[21] = (float)sl;
-        long id = PyLong_AsLong(PyList_GET_ITEM(tlds, r));
-        if (id == -1 && PyErr_Occurred()) goto e6;
-        x[22] = (float)id;
     }
     PyBuffer_Release(&ob);
+    if (have_ng) PyBuffer_Release(&bg);
     if (have_words) {
         PyBuffer_Release(&b2);
         PyBuffer_Release(&b1);
@@ -280,6 +307,8 @@ static PyObject *features(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 e6:
     PyBuffer_Release(&ob);
+e5g:
+    if (have_ng) PyBuffer_Release(&bg);
 e5:
     if (have_words) PyBuffer_Release(&b2);
 e4:
@@ -387,7 +416,7 @@ x0:
 }
 
 static PyMethodDef methods[] = {
-    {"features", features, METH_VARARGS, "DGA features of labels into a float32 (n, 25) buffer."},
+    {"features", features, METH_VARARGS, "DGA features of labels into a float32 (n, NF) buffer."},
     {"forest", forest, METH_VARARGS, "Raw scores of a flattened gradient-boosted forest."},
     {NULL, NULL, 0, NULL}};
 

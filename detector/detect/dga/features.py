@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 #: bump when a feature is added, removed or computed differently
-FEATURE_VERSION = 4
+FEATURE_VERSION = 6
 
 # The C twin of extract_parts (``_cdga.c``), when it was built: same features,
 # 10-50x faster on small batches. DETECTOR_PURE_PYTHON=1 forces numpy.
@@ -57,15 +57,12 @@ FEATURES = (
     "hyphens", "max_cons_run", "max_vowel_run", "max_digit_run", "digit_letter_switches",
     "is_hex", "bigram_ll", "trigram_ll", "trigram_ll_min", "trigram_unseen",
     "word_cover", "word_count", "word_full", "longest_word",
-    "sub_labels", "sub_length", "tld_id", "trigram_llr", "bigram_llr",
+    "sub_labels", "sub_length", "trigram_llr", "bigram_llr", "ngram_lr",
 )
 NF = len(FEATURES)
 
 _LOG_UNIFORM = float(np.log(1.0 / 37))
 
-_TLDS = ("com", "net", "org", "info", "biz", "ru", "cn", "de", "uk", "in", "io", "co",
-         "us", "cc", "tk", "ws", "me", "top", "xyz", "pw", "su", "eu")
-_TLD_ID = {t: i + 1 for i, t in enumerate(_TLDS)}
 
 
 @dataclass
@@ -77,6 +74,9 @@ class Tables:
     trigram_seen: np.ndarray = field(default_factory=lambda: np.zeros(A * A * A, bool))
     words: list[str] = field(default_factory=list)
     word_hashes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
+    # the hashed character n-gram model (:func:`ngram_logits`): weights and bias
+    ngram_w: np.ndarray | None = None
+    ngram_bias: float = 0.0
     _bitmaps: tuple | None = field(default=None, repr=False)
     _c: tuple | None = field(default=None, repr=False)
 
@@ -89,10 +89,13 @@ class Tables:
         """The tables as contiguous buffers for the C extractor (cached)."""
         if self._c is None:
             bm = self.bitmaps()
+            ng = self.ngram_w
             self._c = (np.ascontiguousarray(self.bigram, np.float32),
                        np.ascontiguousarray(self.trigram, np.float32),
                        np.ascontiguousarray(self.trigram_seen, np.bool_),
-                       bm[0] if bm else None, bm[1] if bm else None)
+                       bm[0] if bm else None, bm[1] if bm else None,
+                       None if ng is None else np.ascontiguousarray(ng, np.float32),
+                       float(self.ngram_bias))
         return self._c
 
     @classmethod
@@ -121,8 +124,8 @@ class Tables:
 def derive_words(labels: list[str], english: set[str] | None = None) -> list[str]:
     """A word list for segmentation, learned from benign labels.
 
-    Candidates are English words (the ``english-words`` package's GCIDE list,
-    when installed at training time) plus alphabetic tokens of the benign
+    Candidates are frequent English words (:func:`english_words`, when
+    ``wordsegment`` is installed at training time) plus alphabetic tokens of the benign
     labels (split on digits and hyphens); a candidate is kept when it recurs as
     a substring of several benign labels (3-letter words: many), so the list
     holds the words popular names are made of, not every obscure dictionary
@@ -159,13 +162,29 @@ def derive_words(labels: list[str], english: set[str] | None = None) -> list[str
     return sorted(keep)
 
 
-def english_words() -> set[str]:
-    """English words from the ``english-words`` package, or an empty set without it."""
+#: how many of the most frequent English words (wordsegment's unigram counts,
+#: from the Google Web Trillion Word Corpus) the word list may take
+ENGLISH_TOP = 60_000
+
+
+def english_words(top: int = ENGLISH_TOP) -> set[str]:
+    """The ``top`` most frequent English words of 3..12 letters, from the
+    ``wordsegment`` package's unigram counts (a training-time dependency: the
+    list learned from them is stored in the model artefact). Empty without it."""
     try:
-        from english_words import get_english_words_set
+        import wordsegment
     except ImportError:
         return set()
-    return {w for w in get_english_words_set(["gcide"], lower=True, alpha=True) if w.isascii()}
+    path = os.path.join(os.path.dirname(wordsegment.__file__), "unigrams.txt")
+    out: list[str] = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:  # sorted by count, most frequent first
+            w = line.split("\t", 1)[0]
+            if MINWORD <= len(w) <= MAXWORD and w.isascii() and w.isalpha():
+                out.append(w)
+                if len(out) >= top:
+                    break
+    return set(out)
 
 
 def _hash_words(words: list[str]) -> np.ndarray:
@@ -217,6 +236,68 @@ def encode(labels: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return m, lens
 
 
+# --- the hashed character n-gram model ---------------------------------------------
+#
+# Every 1..NG_MAX-gram of the label framed by a boundary symbol is hashed into
+# 2^NG_BITS buckets; a logistic regression over the bucket counts (trained in
+# models/train.py, weights stored in the artefact) gives one logit, the
+# ``ngram_lr`` feature. It learns far more character context than the 2-/3-gram
+# tables, and the forest combines it with length and the other features.
+NG_MAX = 5
+NG_BITS = 19
+_NG_BASE = np.uint64(40)
+_BOUNDARY = 39
+_GOLD64 = np.uint64(_GOLD)
+
+
+def ngram_index(m: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row, bucket) of every n-gram of the encoded labels, n-major then position:
+    the order the C twin sums them in."""
+    n = len(m)
+    W = MAXLEN + 2
+    s = np.zeros((n, W), np.uint64)
+    s[:, 1:MAXLEN + 1] = m
+    s[:, 0] = _BOUNDARY
+    s[np.arange(n), lens + 1] = _BOUNDARY
+    L = lens + 2
+    rows, cols = [], []
+    h = None
+    with np.errstate(over="ignore"):
+        for k in range(1, NG_MAX + 1):
+            h = s.copy() if k == 1 else h[:, :-1] * _NG_BASE + s[:, k - 1:]
+            valid = (np.arange(W - k + 1)[None, :] + k) <= L[:, None]
+            r, c = np.nonzero(valid)
+            hk = (h[r, c] + np.uint64(k << 40)) * _GOLD64
+            rows.append(r)
+            cols.append((hk >> np.uint64(64 - NG_BITS)).astype(np.int64))
+    if not rows:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    r = np.concatenate(rows)
+    c = np.concatenate(cols)
+    order = np.argsort(r, kind="stable")  # per row: n-major, then position
+    return r[order], c[order]
+
+
+def ngram_matrix(labels: list[str]):
+    """Sparse (n, 2^NG_BITS) n-gram counts, for training the n-gram model."""
+    import scipy.sparse as sp
+
+    m, lens = encode(labels)
+    r, c = ngram_index(m, lens)
+    return sp.csr_matrix((np.ones(len(r), np.float32), (r, c)), shape=(len(labels), 1 << NG_BITS))
+
+
+def ngram_logits_from(m: np.ndarray, lens: np.ndarray, w: np.ndarray, bias: float) -> np.ndarray:
+    r, c = ngram_index(m, lens)
+    acc = np.bincount(r, weights=w[c].astype(np.float64), minlength=len(m))
+    return (acc + bias).astype(np.float32)
+
+
+def ngram_logits(labels: list[str], w: np.ndarray, bias: float) -> np.ndarray:
+    m, lens = encode(labels)
+    return ngram_logits_from(m, lens, w, bias)
+
+
 def _max_run(flag: np.ndarray) -> np.ndarray:
     """Longest run of True per row."""
     n, w = flag.shape
@@ -242,23 +323,27 @@ def split_label(name: str) -> tuple[str, str, str]:
 
 
 def extract(names: list[str], tables: Tables) -> np.ndarray:
-    """Feature matrix (n, NF) float32 for DNS names (lower-case, no trailing dot)."""
-    labels, subs, tlds = split_many(names)
-    return extract_parts(labels, subs, tlds, tables)
+    """Feature matrix (n, NF) float32 for DNS names (lower-case, no trailing dot).
+
+    The top-level domain is not a feature: a whole TLD (.xyz, .top) must never
+    make a name suspicious, since new gTLDs host as many ordinary sites as
+    DGA rendezvous points."""
+    labels, subs, _ = split_many(names)
+    return extract_parts(labels, subs, tables)
 
 
-def extract_parts(labels: list[str], subs: list[str], tlds: list[str], tables: Tables) -> np.ndarray:
+def extract_parts(labels: list[str], subs: list[str], tables: Tables) -> np.ndarray:
     n = len(labels)
     X = np.zeros((n, NF), np.float32)
     if n == 0:
         return X
     if _cdga is not None:
-        _cdga.features(labels, subs, [_TLD_ID.get(t, 0) for t in tlds], *tables.c_args(), X)
+        _cdga.features(labels, subs, *tables.c_args(), X)
         return X
-    return extract_parts_numpy(labels, subs, tlds, tables, X)
+    return extract_parts_numpy(labels, subs, tables, X)
 
 
-def extract_parts_numpy(labels: list[str], subs: list[str], tlds: list[str], tables: Tables,
+def extract_parts_numpy(labels: list[str], subs: list[str], tables: Tables,
                         X: np.ndarray | None = None) -> np.ndarray:
     """The reference implementation (numpy); the C twin must agree with it."""
     n = len(labels)
@@ -275,10 +360,11 @@ def extract_parts_numpy(labels: list[str], subs: list[str], tlds: list[str], tab
             X[sel] = _char_features(m[sel, :hi], lens[sel], tables, X[sel])
     # dictionary words: best non-overlapping cover (DP over end positions)
     X[:, 16:20] = _word_cover(m, lens, tables.bitmaps())
-    # subdomain and TLD context
+    # subdomain context
     X[:, 20] = [s.count(".") + 1 if s else 0 for s in subs]
     X[:, 21] = [len(s) for s in subs]
-    X[:, 22] = [_TLD_ID.get(t, 0) for t in tlds]
+    if tables.ngram_w is not None:
+        X[:, 24] = ngram_logits_from(m, lens, tables.ngram_w, tables.ngram_bias)
     return X
 
 
@@ -325,8 +411,8 @@ def _char_features(m: np.ndarray, lens: np.ndarray, tables: Tables, X: np.ndarra
     X[:, 15] = (tv & ~tables.trigram_seen[tidx]).sum(1) / np.maximum(lens, 1)
     # log-likelihood ratio, benign n-grams vs uniform random characters, summed:
     # grows with length, so a long random label is told apart with confidence
-    X[:, 23] = tll.sum(1) - (lens + 1) * _LOG_UNIFORM
-    X[:, 24] = bll - (lens + 1) * _LOG_UNIFORM
+    X[:, 22] = tll.sum(1) - (lens + 1) * _LOG_UNIFORM
+    X[:, 23] = bll - (lens + 1) * _LOG_UNIFORM
     return X
 
 
@@ -401,23 +487,46 @@ def _word_cover_bucket(m: np.ndarray, lens: np.ndarray, bitmaps) -> np.ndarray:
 
 
 def _shared_parents() -> frozenset[str]:
-    """Registered domains that are PSL *private* suffixes (dynamic DNS, hosting)."""
+    """Registered domains that are PSL *private* suffixes (dynamic DNS, hosting),
+    and the dynamic-DNS provider zones bundled in detector/data/dynamic-dns.txt."""
+    from detector.paths import bundled
+
+    out = set()
+    try:
+        for line in bundled("dynamic-dns.txt").read_text(encoding="utf-8").splitlines():
+            if line and not line.startswith("#"):
+                out.add(line.strip())
+    except OSError:
+        pass
     try:
         from detector.pipeline.enrich import _EXTRACT, split_domain
 
-        out = set()
         for r in _EXTRACT._get_tld_extractor().tlds(include_psl_private_domains=True):
             r = r.lower().lstrip("*.!")
             if "." in r:
                 _, reg, _ = split_domain(r)
                 if reg == r:
                     out.add(r)
-        return frozenset(out)
-    except Exception:  # noqa: BLE001 - a tldextract without private rules: score the registered label
-        return frozenset()
+    except Exception:  # noqa: BLE001 - a tldextract without private rules: the bundled zones only
+        pass
+    return frozenset(out)
 
 
 _SHARED = _shared_parents()
+
+
+def scored_domain(name: str, registered: str = "", sub: str = "") -> str:
+    """The name the model scores for a query name: its registered domain, or under a
+    shared/dynamic-DNS parent (``duckdns.org``) the label below it with the parent
+    (``abc123.duckdns.org``), since that label is what a DGA would generate there.
+    ``registered`` and ``sub`` are the enrich stage's split, when already known."""
+    if not registered:
+        from detector.pipeline.enrich import split_domain
+
+        sub, registered, _ = split_domain(name)
+    if sub and registered in _SHARED:
+        return sub.rsplit(".", 1)[-1] + "." + registered
+    return registered or name
 
 
 def split_many(names: list[str]) -> tuple[list[str], list[str], list[str]]:
@@ -428,7 +537,7 @@ def split_many(names: list[str]) -> tuple[list[str], list[str], list[str]]:
     ``x.duckdns.org``), the registered label is the second-to-last label and
     no per-name suffix walk is needed; every other name takes the full path.
     """
-    from detector.pipeline.enrich import _NODES, _RULES, _WILD
+    from detector.pipeline.enrich import suffix_is_tld
 
     labels, subs, tlds = [], [], []
     la, sa, ta = labels.append, subs.append, tlds.append
@@ -438,8 +547,7 @@ def split_many(names: list[str]) -> tuple[list[str], list[str], list[str]]:
         if len(parts) >= 2:
             tld = parts[-1]
             key = parts[-2] + "." + tld
-            if (tld in _RULES and key not in _NODES and tld not in _WILD and key not in shared
-                    and tld != "arpa"):
+            if suffix_is_tld(key, tld) and key not in shared and tld != "arpa":
                 la(parts[-2])
                 sa(parts[0] if len(parts) == 3 else "")
                 ta(tld)

@@ -28,7 +28,11 @@ DEFAULT_PATH_NAME = "dga.joblib"
 _CACHE_MAX = 1 << 16  # names; ~25 MB at most
 TEMPERATURE = 4.0
 MONOTONIC = {"trigram_llr": -1, "bigram_llr": -1, "trigram_ll": -1, "bigram_ll": -1,
-             "trigram_unseen": 1, "entropy": 1}
+             "trigram_unseen": 1, "entropy": 1, "ngram_lr": 1}
+#: inner folds for the n-gram model's out-of-fold logits (the forest's training input)
+INNER_FOLDS = 4
+NGRAM_ALPHA = 1e-5  # L2 strength of the n-gram logistic regression
+NGRAM_EPOCHS = 15
 
 
 class DgaModel:
@@ -49,15 +53,39 @@ class DgaModel:
 
     # --- training ---------------------------------------------------------------
     def fit(self, names: list[str], y: np.ndarray, sample_weight: np.ndarray | None = None,
-            benign_labels: list[str] | None = None) -> "DgaModel":
-        """Learn the tables from the benign names (or ``benign_labels``), then the classifier."""
+            benign_labels: list[str] | None = None, groups: np.ndarray | None = None) -> "DgaModel":
+        """Learn the tables and the n-gram model from the training names, then the
+        forest over every feature.
+
+        Every feature learnt from the benign names (the 2-/3-gram likelihoods, the
+        n-gram model's logit) is fed to the forest *out-of-fold*: a training name's
+        own n-grams must not make it look benign, or the forest learns a contrast
+        that names it never saw (today's popular names, in use) do not have.
+        ``groups`` (a family index per DGA row, -1 for benign) keeps each family in
+        one inner fold; benign rows are split at random. The word list is learnt
+        once, from all benign labels (or ``benign_labels``)."""
         from sklearn.ensemble import HistGradientBoostingClassifier
 
         y = np.asarray(y)
+        labels, subs, _ = F.split_many(names)
         if benign_labels is None:
-            benign_labels = [F.split_label(n)[0] for n, t in zip(names, y) if t == 0]
+            benign_labels = [lab for lab, t in zip(labels, y) if t == 0]
         self.tables = F.Tables.learn(benign_labels)
-        X = F.extract(names, self.tables)
+        cnt = F.ngram_matrix(labels)
+        sw = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight)
+        self.tables.ngram_w, self.tables.ngram_bias = self._fit_ngram(cnt, y, sw)
+        self.tables._c = None
+        X = np.zeros((len(y), F.NF), np.float32)
+        fold = self._inner_folds(y, groups)
+        lab_arr = np.array(labels, dtype=object)
+        for k in range(INNER_FOLDS):
+            te = fold == k
+            if not te.any():
+                continue
+            tk = F.Tables.learn(list(lab_arr[(~te) & (y == 0)]), words=self.tables.words)
+            tk.ngram_w, tk.ngram_bias = self._fit_ngram(cnt[~te], y[~te], sw[~te])
+            idx = np.nonzero(te)[0]
+            X[idx] = F.extract_parts(list(lab_arr[idx]), [subs[i] for i in idx], tk)
         # monotonic in the n-gram evidence: less benign-like text never lowers the
         # score, which keeps unseen families from falling into odd leaves
         cst = [MONOTONIC.get(f, 0) for f in F.FEATURES]
@@ -73,6 +101,24 @@ class DgaModel:
         self.scale = np.maximum(q[1] - q[0], 1e-3).astype(np.float32)
         self._cache.clear()
         return self
+
+    def _inner_folds(self, y: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
+        rng = np.random.default_rng(self.seed)
+        fold = rng.integers(0, INNER_FOLDS, len(y))
+        if groups is not None:
+            groups = np.asarray(groups)
+            fams = np.unique(groups[groups >= 0])
+            fam_fold = dict(zip(fams.tolist(), (rng.permutation(len(fams)) % INNER_FOLDS).tolist()))
+            fold = np.where(groups >= 0, [fam_fold.get(g, 0) for g in groups.tolist()], fold)
+        return fold
+
+    def _fit_ngram(self, cnt, y, sample_weight) -> tuple[np.ndarray, float]:
+        from sklearn.linear_model import SGDClassifier
+
+        lr = SGDClassifier(loss="log_loss", alpha=NGRAM_ALPHA, max_iter=NGRAM_EPOCHS, tol=None,
+                           random_state=self.seed)
+        lr.fit(cnt, y, sample_weight=sample_weight)
+        return lr.coef_.ravel().astype(np.float32), float(lr.intercept_[0])
 
     # --- scoring ----------------------------------------------------------------
     def features(self, names: list[str]) -> np.ndarray:
@@ -178,6 +224,7 @@ class DgaModel:
             "center": self.center, "scale": self.scale,
             "bigram": t.bigram, "trigram": t.trigram, "trigram_seen": np.packbits(t.trigram_seen),
             "words": "\n".join(t.words),
+            "ngram_w": t.ngram_w, "ngram_bias": t.ngram_bias,
             "seed": self.seed,
             "metadata": self.metadata,
         }
@@ -214,7 +261,8 @@ class DgaModel:
         m.center, m.scale = st["center"], st["scale"]
         words = st["words"].split("\n") if st["words"] else []
         seen = np.unpackbits(st["trigram_seen"])[: F.A ** 3].astype(bool)
-        m.tables = F.Tables(st["bigram"], st["trigram"], seen, words, np.unique(F._hash_words(words)))
+        m.tables = F.Tables(st["bigram"], st["trigram"], seen, words, np.unique(F._hash_words(words)),
+                            st.get("ngram_w"), float(st.get("ngram_bias", 0.0)))
         m.metadata = st.get("metadata", {})
         return m
 

@@ -1,0 +1,154 @@
+"""How widely a registered domain resolves: the prevalence table.
+
+A name that many distinct clients resolve NOERROR, or that has resolved on
+many days, is not a DGA rendezvous point, however random it looks (CDN,
+tracker and device-telemetry names are). This table remembers, per
+registered domain:
+
+* a 64-bit sketch of the clients that got a NOERROR answer for it (one bit per
+  client hash: the number of set bits estimates distinct clients, exactly
+  for a few, saturating near 64; enough to tell "one host" from "hundreds");
+* the first and last day (UTC, capture time) it resolved, and on how many
+  distinct days (counted once two clients resolved it, so one infected host
+  resolving its C2 every day does not make the C2 prevalent);
+* a second sketch of the clients that got NXDOMAIN for it: a name that fails
+  for many hosts is a blocked or broken name, not one host's generator.
+
+Bounded: at most ``max_entries`` domains, least recently seen evicted first
+(counted in ``evicted``). Persisted as one JSON file (written atomically:
+temporary file, fsync, rename), so a sensor keeps what it learnt across
+restarts and a replay of yesterday's capture can warm today's live sensor::
+
+    detector replay pcap monday.pcap --prevalence state/prevalence.json
+    detector live --prevalence state/prevalence.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from collections import OrderedDict
+from pathlib import Path
+
+from detector import errors
+from detector.errors import DetectorError
+
+FORMAT_VERSION = 1
+_SHARED: dict[str, "Prevalence"] = {}
+DAY = 86400.0
+
+
+class Prevalence:
+    def __init__(self, max_entries: int = 200_000) -> None:
+        self.max_entries = max_entries
+        # domain -> [client bits, first day, last day, distinct days, NXDOMAIN client bits]
+        self.table: OrderedDict[str, list[int]] = OrderedDict()
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def _entry(self, domain: str, day: int) -> list[int]:
+        e = self.table.get(domain)
+        if e is None:
+            e = self.table[domain] = [0, day, day, 1, 0]
+            if len(self.table) > self.max_entries:
+                self.table.popitem(last=False)
+                self.evicted += 1
+        else:
+            self.table.move_to_end(domain)
+        return e
+
+    def observe(self, domain: str, client: str, ts: float) -> None:
+        """``client`` got a NOERROR answer with data for ``domain`` at ``ts``."""
+        day = int(ts // DAY)
+        e = self._entry(domain, day)
+        e[0] |= _bit(client)
+        if day > e[2]:
+            e[2] = day
+            if e[0].bit_count() >= 2:
+                e[3] += 1
+
+    def observe_nx(self, domain: str, client: str, ts: float) -> None:
+        """``client`` got NXDOMAIN for ``domain``."""
+        self._entry(domain, int(ts // DAY))[4] |= _bit(client)
+
+    def nx_clients(self, domain: str) -> int:
+        e = self.table.get(domain)
+        return e[4].bit_count() if e is not None else 0
+
+    def clients(self, domain: str) -> int:
+        """Estimated distinct clients that resolved ``domain`` (0 when unknown)."""
+        e = self.table.get(domain)
+        return e[0].bit_count() if e is not None else 0
+
+    def days(self, domain: str) -> int:
+        e = self.table.get(domain)
+        return e[3] if e is not None else 0
+
+    def prevalent(self, domain: str, min_clients: int, min_days: int) -> bool:
+        e = self.table.get(domain)
+        if e is None:
+            return False
+        return (min_clients > 0 and e[0].bit_count() >= min_clients) or (min_days > 0 and e[3] >= min_days)
+
+
+
+    # --- persistence ------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> None:
+        path = Path(path)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{id(self):x}.tmp")
+        doc = {"version": FORMAT_VERSION, "entries": self.table}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump(doc, fh, separators=(",", ":"))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except OSError as e:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+            raise DetectorError(f"{path}: cannot write the prevalence table ({e.strerror or e})",
+                                errors.SINK) from None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], max_entries: int = 200_000) -> "Prevalence":
+        """The table saved at ``path``; an empty one when the file does not exist yet."""
+        p = cls(max_entries)
+        path = Path(path)
+        if not path.exists():
+            return p
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise DetectorError(f"{path}: not a readable prevalence table ({e})", errors.USAGE,
+                                "delete it to start afresh, or point --prevalence elsewhere") from None
+        if not isinstance(doc, dict) or doc.get("version") != FORMAT_VERSION or \
+                not isinstance(doc.get("entries"), dict):
+            raise DetectorError(f"{path}: not a prevalence table of format version {FORMAT_VERSION}",
+                                errors.USAGE, "delete it to start afresh") from None
+        for dom, e in doc["entries"].items():
+            if isinstance(e, list) and len(e) == 5 and all(isinstance(x, int) for x in e):
+                p.table[dom] = e
+        while len(p.table) > max_entries:
+            p.table.popitem(last=False)
+            p.evicted += 1
+        return p
+
+
+def shared(path: str, max_entries: int = 200_000) -> Prevalence:
+    """One table per file in a process: the detectors of every partition a
+    consumer owns share it, so none overwrites what another learnt."""
+    key = os.path.abspath(path)
+    p = _SHARED.get(key)
+    if p is None:
+        p = _SHARED[key] = Prevalence.load(path, max_entries)
+    return p
+
+
+def _bit(client: str) -> int:
+    return 1 << (zlib.crc32(client.encode("utf-8", "surrogateescape")) & 63)
