@@ -25,6 +25,7 @@ dns-dga alert came (target: <= 30), the benign hosts alerted by any rule
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import shutil
@@ -103,7 +104,7 @@ def build_capture(path: Path, benign_hosts: int = 300, infected: int = 11, minut
     rng = random.Random(seed)
     data = shared_data()
     browse = read_list(data / "benign/tranco_top50k_2026-08-01.txt")
-    weights = [1.0 / (r + 10) for r in range(len(browse))]  # Zipf-like: the head dominates
+    cum = list(itertools.accumulate(1.0 / (r + 10) for r in range(len(browse))))  # Zipf-like
     fams = {f: read_list(data / f"dga/families/{f}.txt") for f in families}
     frames: list[tuple[float, bytes]] = []
     dur = minutes * 60
@@ -129,7 +130,7 @@ def build_capture(path: Path, benign_hosts: int = 300, infected: int = 11, minut
         t = START + rng.random() * 20
         rate = rng.uniform(0.05, 0.3)  # queries per second
         while t < START + dur:
-            name = rng.choices(browse, weights)[0]
+            name = rng.choices(browse, cum_weights=cum)[0]
             if rng.random() < 0.005:
                 ask(t, client, typo(name), 3)
             else:
@@ -148,13 +149,14 @@ def build_capture(path: Path, benign_hosts: int = 300, infected: int = 11, minut
         t = START + rng.uniform(60, dur / 3)
         c2 = rng.randrange(5, 25)  # the one name that resolves
         times = []
+        c2_name = names[c2]
         for i, name in enumerate(names[:120]):
             if t >= START + dur:
                 break
             ask(t, h, name, 0 if i == c2 else 3)
             times.append(t)
             t += rng.uniform(1.0, 6.0)
-        truth["infected"][h] = {"family": fam, "dga_query_ts": times}
+        truth["infected"][h] = {"family": fam, "dga_query_ts": times, "c2": c2_name}
     frames.sort(key=lambda f: f[0])
     write_pcap(path, 1, frames)
     truth["packets"] = len(frames)
@@ -188,6 +190,8 @@ def judge(alerts: list[dict], truth: dict) -> dict:
     """Per infected host, the DGA queries sent up to its first dns-dga alert; the
     benign hosts alerted by any rule."""
     first: dict[str, float] = {}
+    ids: dict[str, set] = {}
+    named: dict[str, set] = {}
     by_rule: dict[str, int] = {}
     benign = set(truth["benign"])
     benign_alerted: dict[str, set] = {}
@@ -200,12 +204,15 @@ def judge(alerts: list[dict], truth: dict) -> dict:
             benign_alerted.setdefault(rid, set()).add(ent)
         if rid == "dns-dga" and ent in truth["infected"]:
             first[ent] = min(first.get(ent, ts), ts)
+            ids.setdefault(ent, set()).add(a["event"]["id"])
+            named.setdefault(ent, set()).update(a["dns_detector"]["features"].get("resolved_names", []))
     hosts = {}
     for h, v in truth["infected"].items():
         t = first.get(h)
         hosts[h] = {"family": v["family"],
                     "queries_to_alert": None if t is None else sum(1 for q in v["dga_query_ts"] if q <= t + 1e-6),
-                    "dga_queries": len(v["dga_query_ts"])}
+                    "dga_queries": len(v["dga_query_ts"]),
+                    "alert_ids": len(ids.get(h, ())), "c2_named": v["c2"] in named.get(h, ())}
     return {"infected": hosts, "benign_alerted": {k: sorted(v) for k, v in benign_alerted.items()},
             "alerts_by_rule": by_rule}
 
@@ -239,10 +246,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         print(f"office: {a.benign} benign + {a.infected} infected hosts, {a.minutes:.0f} min, "
               f"{truth['packets']} packets; replay {dt:.1f}s, peak RSS {rss:.0f} MiB")
-        print("| infected host | family (unseen) | DGA queries sent | queries to first alert |")
-        print("| --- | --- | ---: | ---: |")
+        print("| infected host | family (unseen) | DGA queries sent | queries to first alert | alerts (ids) "
+              "| C2 named |")
+        print("| --- | --- | ---: | ---: | ---: | --- |")
         for h, v in res["infected"].items():
-            print(f"| {h} | {v['family']} | {v['dga_queries']} | {v['queries_to_alert'] or 'missed'} |")
+            print(f"| {h} | {v['family']} | {v['dga_queries']} | {v['queries_to_alert'] or 'missed'} | "
+                  f"{v['alert_ids']} | {'yes' if v['c2_named'] else 'no'} |")
         caught = [v for v in res["infected"].values() if v["queries_to_alert"] and v["queries_to_alert"] <= 30]
         print(f"infected hosts alerted within 30 DGA queries: {len(caught)}/{len(res['infected'])}")
         nb = len(set().union(*res["benign_alerted"].values())) if res["benign_alerted"] else 0

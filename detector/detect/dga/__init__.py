@@ -23,11 +23,16 @@ A campaign is raised for an entity when either
   names), or
 * ``min_nx_names`` non-prevalent NXDOMAIN names, ``min_alike`` of them in one
   shape, make up at least ``min_nx_ratio`` of its answers (wordlist DGAs,
-  whose names score like ordinary ones one by one).
+  whose names score like ordinary ones one by one), or
+* ``min_nx_volume`` such names of any shapes do (a generator with a wide
+  length range).
+
+Names that many clients got NXDOMAIN for (blocked or broken names) never
+count toward the last two.
 
 One alert per entity and campaign (shape): it carries sample names, counts,
-the NXDOMAIN ratio, the generator's shape and the names of that shape that did
-resolve (C2 candidates), and it is re-reported, with the same alert id, as the
+the NXDOMAIN ratio, the generator's shape and the names of that shape, length
+range and TLDs that did resolve (C2 candidates), and it is re-reported, with the same alert id, as the
 campaign doubles (alerts/dedup.py). A single name is an alert by itself only
 at ``single_score`` (0 = the model's single-name threshold, above every popular
 benign name scored out-of-fold) and never when prevalent.
@@ -94,18 +99,21 @@ def shape_of(label: str) -> str:
 class _Entity:
     """One client's or process's window: NXDOMAIN names, answer counts, resolved names."""
 
-    __slots__ = ("nx_names", "resolved", "halves", "reported")
+    __slots__ = ("nx_names", "resolved", "halves", "active")
 
     def __init__(self, ts: float) -> None:
         # registered domain -> (ts, score, label length, shape, tld)
         self.nx_names: OrderedDict[str, tuple[float, float, int, str, str]] = OrderedDict()
         # non-prevalent names that resolved, with their score: C2 candidates
-        self.resolved: OrderedDict[str, tuple[float, float, int, str]] = OrderedDict()
+        self.resolved: OrderedDict[str, tuple[float, float, int, str, str]] = OrderedDict()
         # [start, answers, nxdomain answers] for the previous and current half-window
         self.halves = [[ts, 0, 0], [ts, 0, 0]]
-        # shape -> (distinct names, capture time) at the last report: re-reported when
-        # it doubles or a C2 candidate resolves, afresh once a window has passed
-        self.reported: dict[str, tuple[int, float]] = {}
+        # the open campaign: (key, distinct names, capture time) at its last report;
+        # re-reported when it doubles or a C2 candidate resolves, afresh once a window
+        # has passed without a report. One per entity, so a generator whose dominant
+        # shape drifts as names accumulate stays one campaign.
+        # (key, names, ts, TLDs, lowest score, min length, max length)
+        self.active: tuple | None = None
 
 
 @register
@@ -120,6 +128,7 @@ class Dga(Detector):
         "min_nx_names": 10,  # or: this many non-prevalent NXDOMAIN names ...
         "min_alike": 0.6,  # ... this share of them in one generator shape ...
         "min_nx_ratio": 0.15,  # ... making up this share of the entity's answers
+        "min_nx_volume": 20,  # or this many, of any shapes (and that NXDOMAIN share)
         "length_band": 3,  # a shape's labels lie within this many characters of its median
         "window": 300.0,  # seconds of capture time
         "prevalent_clients": 5,  # a name resolved NOERROR by this many clients is prevalent
@@ -234,14 +243,18 @@ class Dga(Detector):
         horizon = ev.ts - self.p["window"]
         rec = (ev.ts, score, len(label), shape_of(label), tld)
         if ev.rcode != NXDOMAIN:
-            # a non-prevalent name that resolved: a C2 candidate, whatever its score
-            # (a wordlist family's C2 scores like an ordinary name)
+            # a non-prevalent name that resolved while the entity walks NXDOMAIN names:
+            # a C2 candidate, whatever its score (a wordlist family's C2 scores like an
+            # ordinary name); whether it is one is judged against the campaign's shape
+            if len(ent.nx_names) < 3:
+                return []
             new = reg not in ent.resolved
             ent.resolved.pop(reg, None)
-            ent.resolved[reg] = rec[:4]
-            while len(ent.resolved) > 16:
+            ent.resolved[reg] = rec
+            while len(ent.resolved) > 64:
                 ent.resolved.popitem(last=False)
-            if new and ent.nx_names and rec[3] in ent.reported and ev.ts - ent.reported[rec[3]][1] <= self.p["window"]:
+            a = ent.active
+            if new and a is not None and ev.ts - a[2] <= self.p["window"] and self._c2_like(rec, a):
                 return self._campaign(ev, entity, ent, c2=reg)  # the open campaign's C2 resolved
             return []
         names = ent.nx_names
@@ -261,30 +274,38 @@ class Dga(Detector):
         nx = sum(h[2] for h in ent.halves)
         ratio = nx / answers if answers else 0.0
         by_score = len(suspicious) >= self.p["min_distinct"]
+        own = {k: v for k, v in names.items() if self.prevalence.nx_clients(k) < self.p["shared_nx_clients"]}
         if by_score:  # the generator is what the suspicious names have in common
             shape, alike = self._dominant_shape({k: names[k] for k in suspicious})
-        else:
-            own = {k: v for k, v in names.items()
-                   if self.prevalence.nx_clients(k) < self.p["shared_nx_clients"]}
-            if len(own) < self.p["min_nx_names"]:
-                return []
+            matched = "score"
+        elif len(own) >= self.p["min_nx_names"] and ratio >= self.p["min_nx_ratio"]:
             shape, alike = self._dominant_shape(own)
-            if not (len(alike) / n >= self.p["min_alike"] and ratio >= self.p["min_nx_ratio"]):
-                return []
-        key = shape["alphabet"]
-        last_n, last_ts = ent.reported.get(key, (0, -1e18))
-        fresh = ev.ts - last_ts > self.p["window"]
-        if not (fresh or n >= 2 * last_n or c2):
+            matched = "generator shape"
+            if len(alike) / n < self.p["min_alike"]:
+                # many unrelated-looking names: a campaign by volume alone (wordlist
+                # generators with wide length ranges), past a higher bar
+                if len(own) < self.p["min_nx_volume"]:
+                    return []
+                alike, matched = list(own), "volume"
+        else:
+            return []
+        a = ent.active
+        if a is not None and ev.ts - a[2] > self.p["window"]:
+            a = None
+        fresh = a is None
+        if not (fresh or n >= 2 * a[1] or c2):
             return []  # reported; the alert is updated when the campaign doubles or its C2 resolves
-        ent.reported[key] = (n, ev.ts)
+        key = ("volume" if matched == "volume" else shape["alphabet"]) if fresh else a[0]
         members = [names[k] for k in alike]
         lens = sorted(v[2] for v in members)
         tlds: dict[str, int] = {}
         for v in members:
             tlds[v[4]] = tlds.get(v[4], 0) + 1
-        band = self.p["length_band"]
-        resolved = [k for k, v in ent.resolved.items()
-                    if v[3] == key and abs(v[2] - shape["median_length"]) <= band]
+        # the campaign's lowest score: over all its NXDOMAIN names of its shape (not just
+        # the suspicious ones), so its C2 is judged like its siblings
+        low = min((v[1] for v in names.values() if key == "volume" or v[3] == key), default=0.0)
+        ent.active = (key, n, ev.ts, frozenset(tlds), low, lens[0], lens[-1])
+        resolved = [k for k, v in ent.resolved.items() if k == c2 or self._c2_like(v, ent.active)]
         sample = sorted(alike, key=lambda k: -names[k][1])[:10]
         best = max(v[1] for v in members)
         feats = {
@@ -300,7 +321,7 @@ class Dga(Detector):
                 "alike_share": round(len(alike) / n, 3),
                 "tlds": dict(sorted(tlds.items(), key=lambda kv: -kv[1])[:5]),
             },
-            "matched_by": "score" if by_score else "generator shape",
+            "matched_by": matched,
             "sample_names": sample,
             "resolved_names": resolved[-5:],
             "dga_score": round(best, 4),
@@ -318,6 +339,18 @@ class Dga(Detector):
         f.key = f"dga-campaign:{key}"
         f.revise = not fresh
         return [f]
+
+    @staticmethod
+    def _c2_like(rec: tuple, active: tuple | None) -> bool:
+        """A resolved name (ts, score, length, shape, tld) looks like the open
+        campaign's own: its alphabet, a length within the campaign's range, a TLD the
+        campaign used, and a score no lower than the campaign's lowest (ordinary
+        browsing seldom passes all four)."""
+        if active is None:
+            return False
+        _, score, length, shape, tld = rec
+        key, _, _, tlds, low, lo, hi = active
+        return (shape == key or key == "volume") and lo <= length <= hi and tld in tlds and score >= low
 
     def _dominant_shape(self, names) -> tuple[dict, list[str]]:
         """The most common alphabet class, its median length, and the names of that
