@@ -405,7 +405,9 @@ HistGradientBoosting forest over {F.NF} features
   family out), so it learns how the n-gram model behaves on families it never
   saw;
 - length, entropy, vowel/consonant/digit ratios and runs, hex-ness;
-- character 2-/3-gram log-likelihood against the benign training labels;
+- character 2-/3-gram log-likelihood against the benign training labels
+  (also out-of-fold in training: a training name's own n-grams must not make
+  it look benign, or the forest learns a contrast unseen names lack);
 - dictionary-word segmentation coverage against a word list made of the most
   frequent English words (the `wordsegment` package's counts from the Google
   Web Trillion Word Corpus, training only) that recur in benign names;

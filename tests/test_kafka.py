@@ -132,8 +132,10 @@ def test_replay_alerts_reach_topic_same_as_jsonl(work):
     assert len(on_topic) > 300, "the demo capture's alerts are missing"
     assert on_topic[-300:] == last  # same content, same order
     for k, v, _ in recs:
-        assert k == ((v["dns_detector"]["domain"] or "").encode() or None)
-    assert {k for k, _, _ in recs[-300:]} == {f"evil{i}.com".encode() for i in range(5)}
+        dd = v["dns_detector"]
+        # keyed by rule, entity and campaign: every revision of an alert on one partition
+        assert k == f"{v['rule']['id']}|{dd['entity']}|{dd.get('campaign') or dd['domain']}".encode()
+    assert {k.rsplit(b"|", 1)[1] for k, _, _ in recs[-300:]} == {f"evil{i}.com".encode() for i in range(5)}
     assert not spool_files(work / "spool")
 
 

@@ -89,6 +89,8 @@ class Suppressor:
         w.reported_rank = SEVERITY_RANK.get(f.severity, 1)
         f.count = w.count
         extra = {"revision": w.revision, "status": status}
+        if f.key:
+            extra["campaign"] = f.key
         if w.revision > 1:
             extra.update({"first_seen": w.start, "window_seconds": self.window})
         return f, w.alert_id, extra
