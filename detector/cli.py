@@ -21,7 +21,7 @@ examples:
   detector replay pcap a.pcapng --events -o out.jsonl --kafka localhost:9092
   detector live --duration 60 --events            eBPF capture with process attribution (root)
   echo example.com | detector score               DGA score per domain
-  detector eval dga                               leave-family-out evaluation
+  detector eval dga                               leave-family-out and leave-list-out evaluation
   detector consume --group detectors              detection as a Kafka consumer group
   detector rules check rules/                     validate rule files
 
@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="more logging (-vv: debug); anywhere on the command line")
+    p.add_argument("--version", action="version", version=version_text())
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
@@ -54,9 +56,39 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def version_text() -> str:
+    from detector import __version__
+    from detector.detect.dga.features import FEATURE_VERSION
+    from detector.events import WIRE_VERSION
+
+    return (f"detector {__version__} (Python {sys.version.split()[0]}; DGA feature version "
+            f"{FEATURE_VERSION}; dns-events wire version {WIRE_VERSION})")
+
+
+def split_verbose(argv: list[str]) -> tuple[list[str], int]:
+    """Take -v/-vv/--verbose from anywhere before a ``--``: the flag is global,
+    and `detector replay pcap x.pcap -v` should work like `detector -v replay ...`."""
+    out, n, rest = [], 0, False
+    for a in argv:
+        if rest:
+            out.append(a)
+        elif a == "--":
+            rest = True
+            out.append(a)
+        elif a == "--verbose":
+            n += 1
+        elif len(a) > 1 and a[0] == "-" and a[1] != "-" and set(a[1:]) == {"v"}:
+            n += len(a) - 1
+        else:
+            out.append(a)
+    return out, n
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv, verbose = split_verbose(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
+    args.verbose = verbose
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose, 2),
         format="%(levelname)s %(name)s: %(message)s",
