@@ -95,7 +95,12 @@ def test_prevalence_counts_clients_and_days_is_bounded_and_persists(tmp_path, da
     assert p.nx_clients(names[4]) == 2 and p.clients(names[4]) == 0
     for n in names[5:]:
         p.observe(n, "10.1.0.9", T0)
-    assert len(p) == 200 and p.evicted == len(names) - 200  # LRU bound: oldest out first
+    # LRU bound: oldest out first; names that only failed (names[4]) take no place
+    assert len(p) == 200 and p.evicted == len(names) - 1 - 200
+    before = dict(p.table)
+    for i in range(60_000):  # a random-subdomain flood cannot evict what resolves
+        p.observe_nx(f"x{i}.example", "10.1.0.66", T0)
+    assert p.table == before and len(p.nx) == p.max_nx
     path = tmp_path / "state" / "prevalence.json"
     p.save(path)
     q = Prevalence.load(path, max_entries=200)

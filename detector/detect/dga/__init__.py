@@ -197,6 +197,8 @@ class Dga(Detector):
                 self.prevalence.observe_nx(key, ev.client[0], ev.ts)
             else:
                 self.prevalence.observe(key, ev.client[0], ev.ts)
+                if len(ent.nx_names) < 3:
+                    return []  # a resolved name matters only as a C2 candidate of a walk
         self.pending.append((ev, key))
         if len(self.pending) >= self.p["batch"]:
             return self._flush()

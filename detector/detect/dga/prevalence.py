@@ -11,8 +11,10 @@ registered domain:
 * the first and last day (UTC, capture time) it resolved, and on how many
   distinct days (counted once two clients resolved it, so one infected host
   resolving its C2 every day does not make the C2 prevalent);
-* a second sketch of the clients that got NXDOMAIN for it: a name that fails
-  for many hosts is a blocked or broken name, not one host's generator.
+* in a separate table, bounded apart (``max_nx``, memory only), a sketch of
+  the clients that got NXDOMAIN for a name: one that fails for many hosts is a
+  blocked or broken name, not one host's generator. Kept apart so that a flood
+  of random names that do not exist cannot evict what resolves.
 
 Bounded: at most ``max_entries`` domains, least recently seen evicted first
 (counted in ``evicted``). Persisted as one JSON file (written atomically:
@@ -40,9 +42,11 @@ DAY = 86400.0
 
 
 class Prevalence:
-    def __init__(self, max_entries: int = 200_000) -> None:
+    def __init__(self, max_entries: int = 200_000, max_nx: int = 50_000) -> None:
         self.max_entries = max_entries
-        # domain -> [client bits, first day, last day, distinct days, NXDOMAIN client bits]
+        self.max_nx = max_nx
+        self.nx: OrderedDict[str, int] = OrderedDict()  # domain -> NXDOMAIN client bits
+        # domain -> [client bits, first day, last day, distinct days]
         self.table: OrderedDict[str, list[int]] = OrderedDict()
         self.evicted = 0
 
@@ -52,7 +56,7 @@ class Prevalence:
     def _entry(self, domain: str, day: int) -> list[int]:
         e = self.table.get(domain)
         if e is None:
-            e = self.table[domain] = [0, day, day, 1, 0]
+            e = self.table[domain] = [0, day, day, 1]
             if len(self.table) > self.max_entries:
                 self.table.popitem(last=False)
                 self.evicted += 1
@@ -72,11 +76,14 @@ class Prevalence:
 
     def observe_nx(self, domain: str, client: str, ts: float) -> None:
         """``client`` got NXDOMAIN for ``domain``."""
-        self._entry(domain, int(ts // DAY))[4] |= _bit(client)
+        nx = self.nx
+        bits = nx.pop(domain, 0)
+        nx[domain] = bits | _bit(client)
+        if len(nx) > self.max_nx:
+            nx.popitem(last=False)
 
     def nx_clients(self, domain: str) -> int:
-        e = self.table.get(domain)
-        return e[4].bit_count() if e is not None else 0
+        return self.nx.get(domain, 0).bit_count()
 
     def clients(self, domain: str) -> int:
         """Estimated distinct clients that resolved ``domain`` (0 when unknown)."""
@@ -132,7 +139,7 @@ class Prevalence:
             raise DetectorError(f"{path}: not a prevalence table of format version {FORMAT_VERSION}",
                                 errors.USAGE, "delete it to start afresh") from None
         for dom, e in doc["entries"].items():
-            if isinstance(e, list) and len(e) == 5 and all(isinstance(x, int) for x in e):
+            if isinstance(e, list) and len(e) == 4 and all(isinstance(x, int) for x in e):
                 p.table[dom] = e
         while len(p.table) > max_entries:
             p.table.popitem(last=False)
