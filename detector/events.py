@@ -13,17 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from detector.dns.constants import (FLAG_AA, FLAG_AD, FLAG_CD, FLAG_QR, FLAG_RA,  # noqa: F401
+                                     FLAG_RD, FLAG_TC)
+
 #: Version of the compact JSON form sensors publish to ``dns-events``.
 WIRE_VERSION = 1
-
-# Header flag bits, in the 16-bit flags word of the DNS header.
-FLAG_QR = 0x8000
-FLAG_AA = 0x0400
-FLAG_TC = 0x0200
-FLAG_RD = 0x0100
-FLAG_RA = 0x0080
-FLAG_AD = 0x0020
-FLAG_CD = 0x0010
 
 QUERY = "query"
 RESPONSE = "response"

@@ -13,31 +13,14 @@ import time
 from typing import Any
 
 from detector import __version__
+from detector.dns.constants import (CLASSES, FLAG_NAMES, OPCODES, QTYPES, RCODES,  # noqa: F401
+                                     qtype_name, rcode_name)
 from detector.events import DnsEvent, Finding
 
 HOSTNAME = socket.gethostname()
 
-QTYPES = {
-    1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 10: "NULL", 12: "PTR", 13: "HINFO", 15: "MX",
-    16: "TXT", 17: "RP", 18: "AFSDB", 24: "SIG", 25: "KEY", 28: "AAAA", 29: "LOC", 33: "SRV",
-    35: "NAPTR", 36: "KX", 37: "CERT", 39: "DNAME", 41: "OPT", 42: "APL", 43: "DS",
-    44: "SSHFP", 45: "IPSECKEY", 46: "RRSIG", 47: "NSEC", 48: "DNSKEY", 49: "DHCID",
-    50: "NSEC3", 51: "NSEC3PARAM", 52: "TLSA", 53: "SMIMEA", 55: "HIP", 59: "CDS",
-    60: "CDNSKEY", 61: "OPENPGPKEY", 62: "CSYNC", 63: "ZONEMD", 64: "SVCB", 65: "HTTPS",
-    99: "SPF", 249: "TKEY", 250: "TSIG", 251: "IXFR", 252: "AXFR", 253: "MAILB", 255: "ANY",
-    256: "URI", 257: "CAA",
-}
-RCODES = {
-    0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED",
-    6: "YXDOMAIN", 7: "YXRRSET", 8: "NXRRSET", 9: "NOTAUTH", 10: "NOTZONE", 16: "BADVERS",
-    17: "BADKEY", 18: "BADTIME", 19: "BADMODE", 20: "BADNAME", 21: "BADALG", 22: "BADTRUNC",
-    23: "BADCOOKIE",
-}
-OPCODES = {0: "QUERY", 1: "IQUERY", 2: "STATUS", 4: "NOTIFY", 5: "UPDATE", 6: "DSO"}
-CLASSES = {1: "IN", 3: "CH", 4: "HS", 254: "NONE", 255: "ANY"}
 SEVERITY_NUM = {"low": 21, "medium": 47, "high": 73, "critical": 99}
-_FLAG_NAMES = ((0x0400, "AA"), (0x0200, "TC"), (0x0100, "RD"), (0x0080, "RA"),
-               (0x0020, "AD"), (0x0010, "CD"))
+_FLAG_NAMES = FLAG_NAMES
 
 
 _FLAGS_CACHE: dict[int, list[str]] = {}
@@ -50,14 +33,6 @@ def header_flags(flags: int) -> list[str]:
     if r is None:
         r = _FLAGS_CACHE[k] = [n for bit, n in _FLAG_NAMES if flags & bit]
     return list(r)
-
-
-def qtype_name(t: int) -> str:
-    return QTYPES.get(t) or f"TYPE{t}"
-
-
-def rcode_name(r: int) -> str:
-    return RCODES.get(r) or f"RCODE{r}"
 
 
 def iso(ts: float) -> str:

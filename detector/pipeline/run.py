@@ -95,10 +95,20 @@ class Pipeline:
             self._handle(extra)
         self._handle(ev)
 
+    def process_many(self, evs: Iterable[DnsEvent]) -> None:
+        """Feed a batch of decoded DNS messages, in time order (what a Source yields)."""
+        process = self.process
+        for ev in evs:
+            process(ev)
+
     def process_conn(self, conn: object) -> None:
         """Feed a non-DNS connection record (DoT, DoH) to detectors that want it."""
         for d in self._conn_detectors:
             self._findings(d, self._call(d, d.process_conn, conn))
+
+    def report(self, f: Finding) -> None:
+        """A finding from outside the detectors: a source saying it shed load."""
+        self._findings(None, [f])
 
     def advance(self, now: float) -> None:
         """Let time move on without an event (live capture when the host is quiet)."""

@@ -13,9 +13,9 @@ import math
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
+from detector.dns.constants import RCODES
 from detector.events import DnsEvent
 
-RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
 SAMPLE = 512  # latencies kept per key (reservoir by replacement of the oldest)
 
 
