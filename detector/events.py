@@ -91,6 +91,11 @@ class DnsEvent:
     registered_domain: str = ""
     subdomain: str = ""
     suffix: str = ""
+    # set by enrich, once per event for every detector: who asked (the process
+    # "comm[pid]" when known, else the client address) and whether the global
+    # allowlist covers the event (name, process or client)
+    entity: str = ""
+    allowed: bool = False
     # set by live capture: upstream query caused by this application query (stub link)
     cause: dict[str, Any] | None = None
     # set by the decoder when the message broke after the question section
