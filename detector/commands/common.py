@@ -1,9 +1,11 @@
 """Options shared by the commands that run the pipeline (replay, live, consume),
-and the code that turns them into sinks and a Pipeline."""
+and the one place that turns them into sinks (:func:`build_outputs`) and
+pipelines (:func:`build_lanes`) for :func:`detector.sources.driver.drive`."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +16,9 @@ from detector.pipeline.run import Pipeline, PipelineStats
 from detector.ruleset import RuleError, RuleSet, load_rules
 from detector.sinks.base import Sink
 from detector.sinks.stream import open_output
+from detector.sources.driver import Lanes
+
+log = logging.getLogger(__name__)
 
 
 def port_list(text: str) -> frozenset[int]:
@@ -98,40 +103,108 @@ def load_ruleset(args: argparse.Namespace) -> RuleSet:
     return rules
 
 
-def build_pipeline(args: argparse.Namespace, on_alert: Callable[[dict], None] | None = None,
-                   extra_alert_sinks: list[Sink] | None = None) -> tuple[Pipeline, list[Sink]]:
-    """Build sinks and the pipeline from the shared options."""
-    rules = load_ruleset(args)
-    alert_sinks: list[Sink] = list(extra_alert_sinks or [])
-    kafka = _kafka_alert_sink(args)
-    if kafka is not None:
-        alert_sinks.append(kafka)
+class Outputs:
+    """Every sink one run writes to, built once by :func:`build_outputs`.
+
+    ``alerts`` take each alert document, ``events`` each rendered event
+    (--events), ``raw`` each enriched DnsEvent itself (the dns-events
+    publisher). Pipelines get non-closing wrappers (a consumer runs one
+    pipeline per partition over the same sinks); :meth:`close` closes each
+    sink once, after every pipeline closed.
+    """
+
+    def __init__(self) -> None:
+        self.alerts: list[Sink] = []
+        self.events: list[Sink] = []
+        self.raw: list = []
+        self.kafka = None  # the dns-alerts sink, when --kafka
+        self.close_errors = 0
+
+    @property
+    def all(self) -> list[Sink]:
+        seen: list[Sink] = []
+        for s in self.alerts + self.events + self.raw:
+            if all(s is not t for t in seen):
+                seen.append(s)
+        return seen
+
+    def flush(self) -> None:
+        for s in self.all:
+            s.flush()
+
+    def close(self) -> None:
+        for s in self.all:
+            try:
+                s.close()
+            except Exception as e:  # noqa: BLE001  a sink must not hide the others' flush
+                self.close_errors += 1
+                log.error("closing %s failed: %s", s.name, e)
+
+
+def build_outputs(args: argparse.Namespace, *, publish_events: bool | None = None) -> Outputs:
+    """The sinks of replay, live and consume, from the shared options.
+
+    Alerts: dns-alerts with --kafka, and -o (stdout by default, unless --no-stdout
+    with --kafka). Events (--events): --events-output or the alerts' stream.
+    Raw events (--publish-events): the dns-events topic, written after enrichment.
+    """
+    if publish_events is None:
+        publish_events = getattr(args, "publish_events", False)
+    if publish_events and not getattr(args, "kafka", None):
+        raise DetectorError("--publish-events needs --kafka BOOTSTRAP", errors.USAGE)
+    o = Outputs()
+    if getattr(args, "kafka", None):
+        from detector.kafkaconf import kafka_config_from_args
+        from detector.sinks.kafka import EventSink, KafkaSink
+
+        conf = kafka_config_from_args(args)
+        o.kafka = KafkaSink(conf)
+        o.alerts.append(o.kafka)
+        if publish_events:
+            o.raw.append(EventSink(conf))
     out = None
-    if not (kafka is not None and args.no_stdout and args.output == "-"):
+    if not (o.kafka is not None and args.no_stdout and args.output == "-"):
         out = open_output(args.output)
-        alert_sinks.append(out)
-    event_sinks: list[Sink] = []
+        o.alerts.append(out)
     if args.events:
         if args.events_output:
-            event_sinks.append(open_output(args.events_output))
+            o.events.append(open_output(args.events_output))
         elif out is not None:
-            event_sinks.append(out)
-    latency = None
-    if getattr(args, "metrics_port", None):
-        latency = _start_metrics(args)
-    pipe = Pipeline(rules, _unique(alert_sinks), [s for s in event_sinks if s not in alert_sinks],
-                    query_timeout=args.query_timeout, fmt=args.format,
-                    suppress_window=args.suppress_window, on_alert=on_alert, latency=latency)
-    if event_sinks and out in event_sinks and out in alert_sinks:
-        # same stream for both: write events through the pipeline's event path
-        pipe.event_sinks = [_NoClose(out)]
-    if latency is not None:
-        _register_metrics(pipe)
-    return pipe, alert_sinks
+            o.events.append(out)
+    return o
+
+
+def pipeline_factory(args: argparse.Namespace, rules: RuleSet, outputs: Outputs,
+                     on_alert: Callable[[dict], None] | None = None) -> Callable[[], Pipeline]:
+    """What makes each lane's Pipeline (one for replay and live, one per partition
+    for consume); starts the metrics endpoint when --metrics-port."""
+    latency = _start_metrics(args) if getattr(args, "metrics_port", None) else None
+
+    def make() -> Pipeline:
+        pipe = Pipeline(rules, [_NoClose(s) for s in outputs.alerts], [_NoClose(s) for s in outputs.events],
+                        query_timeout=args.query_timeout, fmt=args.format,
+                        suppress_window=args.suppress_window, on_alert=on_alert, latency=latency,
+                        # TODO(lead): raw event sinks as Pipeline event sinks (write_event) once
+                        # run.py passes the DnsEvent to sinks that ask for it; observers see
+                        # the same enriched event at the same point today
+                        observers=[s.write_event for s in outputs.raw])
+        if latency is not None:
+            _register_metrics(pipe)
+        return pipe
+
+    return make
+
+
+def prepare(args: argparse.Namespace, *, publish_events: bool | None = None,
+            on_alert: Callable[[dict], None] | None = None) -> tuple[Outputs, Lanes]:
+    """Rules (exit 4 before anything opens), the sinks, then the pipeline lanes over them."""
+    rules = load_ruleset(args)
+    outputs = build_outputs(args, publish_events=publish_events)
+    return outputs, Lanes(pipeline_factory(args, rules, outputs, on_alert))
 
 
 class _NoClose(Sink):
-    """Shares a sink that another list already closes."""
+    """A sink the pipeline writes to but does not close (Outputs closes it once)."""
 
     def __init__(self, inner: Sink) -> None:
         self.inner = inner
@@ -142,36 +215,6 @@ class _NoClose(Sink):
 
     def close(self) -> None:
         pass
-
-
-def _unique(sinks: list[Sink]) -> list[Sink]:
-    seen: list[Sink] = []
-    for s in sinks:
-        if s not in seen:
-            seen.append(s)
-    return seen
-
-
-def _kafka_alert_sink(args: argparse.Namespace) -> Sink | None:
-    if not getattr(args, "kafka", None):
-        return None
-    from detector.kafkaconf import kafka_config_from_args
-    from detector.sinks.kafka import KafkaSink
-
-    conf = kafka_config_from_args(args)
-    return KafkaSink(conf)
-
-
-def event_publisher(args: argparse.Namespace):
-    """The dns-events publisher for ``--publish-events`` (None without the flag)."""
-    if not getattr(args, "publish_events", False):
-        return None
-    if not getattr(args, "kafka", None):
-        raise DetectorError("--publish-events needs --kafka BOOTSTRAP", errors.USAGE)
-    from detector.kafkaconf import kafka_config_from_args
-    from detector.sinks.kafka import EventPublisher
-
-    return EventPublisher(kafka_config_from_args(args))
 
 
 def _start_metrics(args: argparse.Namespace):
@@ -187,9 +230,9 @@ def _register_metrics(pipe: Pipeline) -> None:
     metrics.register_stats(pipe.stats)
 
 
-def rules_off(pipe: Pipeline) -> dict[str, str]:
+def rules_off(lanes: Lanes) -> dict[str, str]:
     """Rules whose detector turned itself off, and why (for the summary)."""
-    return {d.rule.id: d.off for d in pipe.detectors if getattr(d, "off", "")}
+    return {d.rule.id: d.off for d in lanes.detectors if getattr(d, "off", "")}
 
 
 def print_summary(title: str, rows: list[tuple[str, Any]], stats: PipelineStats,

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import threading
-import time
 
 from detector import errors
-from detector.commands.common import (add_pipeline_args, build_pipeline, event_publisher, port_list,
-                                     print_summary, rules_off)
+from detector.commands.common import add_pipeline_args, port_list, prepare, print_summary, rules_off
+from detector.sources.driver import drive
 
 #: set while probes are attached (the demo starts its sample traffic on it)
 ARMED = threading.Event()
@@ -61,63 +61,47 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from detector.capture.live import LiveCapture, check_requirements
-    from detector.events import ConnEvent
+    from detector.capture.live import check_requirements
+    from detector.sources.live import LiveSource
 
     check_requirements()  # before building sinks: a clear error first
-    publisher = event_publisher(args)
-    pipe, _ = build_pipeline(args)
-    cap = LiveCapture(ports=args.ports)
-    cap.start()
+    outputs, lanes = prepare(args)
+    try:
+        source = LiveSource(args.ports)
+    except BaseException:
+        outputs.close()
+        raise
+    lanes.get(0)
     if getattr(args, "metrics_port", None):
         from detector import metrics
 
-        metrics.register_source(lambda: {**cap.stats, "lost_bpf_events": cap.lost})
+        metrics.register_source(source.stats)
+    source.start()
     if not args.quiet:
-        import sys
-
         ports = ",".join(str(x) for x in sorted(args.ports))
         print(f"detector: capturing DNS on ports {ports} (Ctrl-C to stop)", file=sys.stderr, flush=True)
     ARMED.set()
-    t0 = time.monotonic()
-    end = None if args.duration is None else t0 + args.duration
-    interrupted = False
     try:
-        while end is None or time.monotonic() < end:
-            evs = cap.poll()
-            for ev in evs:
-                if isinstance(ev, ConnEvent):
-                    pipe.process_conn(ev)
-                    continue
-                if publisher is not None:
-                    publisher.publish(ev)
-                pipe.process(ev)
-            if not evs:
-                pipe.advance(time.time())
-    except KeyboardInterrupt:
-        interrupted = True
+        res = drive(source, lanes, outputs, duration=args.duration)
     finally:
         ARMED.clear()
-        cap.close()
-        stats = pipe.close()
-        if publisher is not None:
-            publisher.close()
-    elapsed = time.monotonic() - t0
-    summary = {**cap.stats, "lost_bpf_events": cap.lost, "queries": stats.queries,
-               "responses": stats.responses, "unanswered": stats.unanswered, "alerts": stats.alerts,
-               "alerts_by_rule": dict(stats.alerts_by_rule), "rules_off": rules_off(pipe),
-               "seconds": round(elapsed, 3)}
+    stats = lanes.stats()
+    cs = source.stats()
+    off = rules_off(lanes)
+    summary = {**cs, "queries": stats.queries, "responses": stats.responses, "unanswered": stats.unanswered,
+               "alerts": stats.alerts, "alerts_by_rule": dict(stats.alerts_by_rule), "rules_off": off,
+               "seconds": round(res.seconds, 3)}
     if not args.quiet:
-        rows = [("time", f"{elapsed:.1f} s"), ("DNS packets", f"{cap.stats['packets']:,}"),
-                ("DNS messages", f"{cap.stats['dns_messages']:,}"),
-                ("lost BPF events", f"{cap.lost:,}"), ("DoT connects", cap.stats["connects"])]
-        rows += [("rule off", f"{rid}: {why}") for rid, why in rules_off(pipe).items()]
-        errs = {k: v for k, v in cap.stats.items() if k in ("parse_errors", "truncated_copies") and v}
+        rows = [("time", f"{res.seconds:.1f} s"), ("DNS packets", f"{cs['packets']:,}"),
+                ("DNS messages", f"{cs['dns_messages']:,}"),
+                ("lost BPF events", f"{cs['lost_bpf_events']:,}"), ("DoT connects", cs["connects"])]
+        rows += [("rule off", f"{rid}: {why}") for rid, why in off.items()]
+        errs = {k: v for k, v in cs.items() if k in ("parse_errors", "truncated_copies") and v}
         print_summary("live capture summary", rows, stats, errs)
     if args.summary_json:
         with open(args.summary_json, "w") as f:
             json.dump(summary, f, indent=2)
-    if interrupted:
+    if res.interrupted:
         return errors.INTERRUPTED
     if args.fail_on_alert and stats.alerts:
         return errors.ALERTS

@@ -1,5 +1,5 @@
-"""Kafka outputs: alerts to ``dns-alerts`` (:class:`KafkaSink`) and raw DNS
-events to ``dns-events`` (:class:`EventPublisher`), through kafka-python.
+"""Kafka outputs: alerts to ``dns-alerts`` (:class:`KafkaSink`) and enriched DNS
+events to ``dns-events`` (:class:`EventSink`), through kafka-python.
 
 Delivery: acks=all, retries, idempotence (tansu and Apache Kafka both accept
 it), a small linger. Alerts are never lost: a record the broker does not ack
@@ -31,6 +31,7 @@ from typing import Any
 
 from detector import errors
 from detector.errors import DetectorError
+from detector.events import UNANSWERED, event_to_wire
 from detector.kafkaconf import KafkaConfig
 from detector.sinks.base import Sink
 from detector.sinks.spool import Spool, SpoolError, SpoolFull
@@ -323,36 +324,27 @@ class KafkaSink(ReliableProducer):
         super().__init__(conf, conf.alerts_topic, what="alerts")
 
 
-class EventPublisher:
+class EventSink(ReliableProducer):
     """DNS events in the compact wire form to the events topic (``dns-events``).
 
-    Key: the registered domain (falls back to the client address for
-    nameless messages), so one domain's window state lives in one consumer.
+    An event sink after enrichment: :meth:`write_event` takes the DnsEvent
+    itself (the registered domain is already set). Key: the registered domain
+    (the client address for nameless messages), so one domain's window state
+    lives in one consumer. Synthetic "unanswered" records are not published:
+    every consumer derives them again from its own query timeouts.
     """
 
+    wants_events = True
+
     def __init__(self, conf: KafkaConfig) -> None:
-        self.out = ReliableProducer(conf, conf.events_topic, what="events", linger_ms=20,
-                                    batch_size=256 * 1024)
+        super().__init__(conf, conf.events_topic, what="events", linger_ms=20, batch_size=256 * 1024)
         self.published = 0
 
-    def publish(self, ev) -> None:
-        from detector.events import event_to_wire
-        from detector.pipeline.enrich import split_domain
-
+    def write_event(self, ev) -> None:
+        if ev.kind == UNANSWERED:
+            return
         key = ev.registered_domain
-        if not key and ev.questions:
-            ev.subdomain, ev.registered_domain, ev.suffix = split_domain(ev.questions[0].name)
-            key = ev.registered_domain
         if not key:
-            key = ev.src_ip if ev.kind == "query" else ev.dst_ip
-        self.out.write(event_to_wire(ev), key)
+            key = ev.dst_ip if ev.flags & 0x8000 else ev.src_ip
+        self.write(event_to_wire(ev), key)
         self.published += 1
-
-    def flush(self) -> None:
-        self.out.flush()
-
-    def close(self) -> None:
-        self.out.close()
-
-    def counters(self) -> dict[str, int]:
-        return self.out.counters()

@@ -1,0 +1,203 @@
+"""The one loop that runs a :class:`~detector.sources.base.Source` through pipelines.
+
+    lanes = Lanes(make_pipeline)            # one Pipeline per lane (Kafka partition)
+    result = drive(source, lanes, outputs)  # until end of input, --duration or SIGINT
+
+Per batch: DNS events go to ``Pipeline.process_many``, connection records to
+``Pipeline.process_conn``, source findings to ``Pipeline.report``; an empty
+batch from a live source advances the pipeline to the wall clock. A source
+that acks (Kafka) gets :meth:`Source.ack` for each batch that carries a ``mark``,
+after the sinks were flushed. At the
+end (input exhausted, duration reached, Ctrl-C or SIGTERM) the source is
+closed first, so a live capture detaches at once, then every pipeline closes
+(open windows become alerts) and the sinks are flushed.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from detector.events import ConnEvent
+from detector.sources.base import Batch, Source
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DriveResult:
+    seconds: float = 0.0
+    batches: int = 0
+    interrupted: bool = False
+    #: monotonic time of the first and of the last batch that carried events
+    first: float | None = None
+    last: float | None = None
+
+
+class Lanes:
+    """One pipeline per lane, made on first use; closed lanes keep their stats."""
+
+    def __init__(self, make: Callable[[], object]) -> None:
+        self.make = make
+        self.pipes: dict[int, object] = {}
+        self.closed: list = []  # PipelineStats of closed lanes
+        self.seen: set[int] = set()
+        #: the detectors of the first pipeline (every lane runs the same rules)
+        self.detectors: list = []
+
+    @classmethod
+    def single(cls, pipe) -> "Lanes":
+        lanes = cls(lambda: pipe)
+        lanes.get(0)
+        return lanes
+
+    def get(self, lane: int):
+        p = self.pipes.get(lane)
+        if p is None:
+            p = self.pipes[lane] = self.make()
+            self.seen.add(lane)
+            if not self.detectors:
+                self.detectors = p.detectors
+        return p
+
+    def close(self, lane: int) -> None:
+        p = self.pipes.pop(lane, None)
+        if p is not None:
+            self.closed.append(p.close())
+
+    def close_all(self) -> None:
+        for lane in list(self.pipes):
+            self.close(lane)
+
+    def stats(self):
+        """The counters of every lane, open and closed, summed."""
+        from detector.pipeline.run import PipelineStats
+
+        parts = self.closed + [p.stats for p in self.pipes.values()]
+        if len(parts) == 1:
+            return parts[0]
+        tot = PipelineStats()
+        for s in parts:
+            for f in ("events", "queries", "responses", "unanswered", "findings", "alerts",
+                      "suppressed", "detector_errors", "sink_errors"):
+                setattr(tot, f, getattr(tot, f) + getattr(s, f))
+            tot.alerts_by_rule.update(s.alerts_by_rule)
+        return tot
+
+
+class Progress:
+    """A one-line progress display on a terminal (stderr), at most 4 times a second."""
+
+    def __init__(self, enabled: bool, unit: str = "events") -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.unit = unit
+        self.last = 0.0
+        self.shown = False
+
+    def show(self, source: Source, alerts: int, t0: float) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self.last < 0.25:
+            return
+        p = source.progress()
+        if p is None:
+            return
+        self.last = now
+        label, frac, count = p
+        pct = 100.0 * frac
+        rate = count / max(now - t0, 1e-9)
+        bar = "#" * int(pct / 5)
+        sys.stderr.write(f"\r{label[-30:]:>30} [{bar:<20}] {pct:5.1f}%  {count:,} {self.unit}  "
+                         f"{rate / 1000:,.0f}k {self.unit}/s  {alerts:,} alerts ")
+        sys.stderr.flush()
+        self.shown = True
+
+    def done(self) -> None:
+        if self.shown:
+            sys.stderr.write("\r" + " " * 110 + "\r")
+
+
+def feed(pipe, batch: Batch) -> None:
+    """One batch into one pipeline, in order."""
+    for f in batch.findings:
+        pipe.report(f)
+    evs = batch.events
+    if not batch.conns:
+        pipe.process_many(evs)
+        return
+    run: list = []
+    for ev in evs:
+        if ev.__class__ is ConnEvent:
+            if run:
+                pipe.process_many(run)
+                run = []
+            pipe.process_conn(ev)
+        else:
+            run.append(ev)
+    if run:
+        pipe.process_many(run)
+
+
+def drive(source: Source, lanes: Lanes, outputs=None, *, duration: float | None = None,
+          progress: Progress | None = None, on_interrupt: Callable[[], None] | None = None) -> DriveResult:
+    """Run ``source`` to its end (or ``duration`` seconds, or a signal); close everything.
+
+    ``outputs`` (``flush()``, ``close()``) are the sinks behind the pipelines: flushed
+    before each ack and on revoke, closed once after every pipeline closed.
+    """
+    res = DriveResult()
+    t0 = time.monotonic()
+    end = None if duration is None else t0 + duration
+
+    def revoke(gone: list[int]) -> None:
+        for lane in gone:
+            lanes.close(lane)
+        if outputs is not None:
+            outputs.flush()
+
+    source.on_revoke = revoke
+    acks = source.acks
+    try:
+        for batch in source.batches():
+            res.batches += 1
+            if batch.events or batch.findings:
+                now = time.monotonic()
+                if res.first is None:
+                    res.first = now
+                res.last = now
+                feed(lanes.get(batch.lane), batch)
+            elif batch.now is not None:
+                for p in list(lanes.pipes.values()) or [lanes.get(batch.lane)]:
+                    p.advance(batch.now)
+            if acks and batch.mark is not None:
+                if outputs is not None:
+                    outputs.flush()
+                source.ack(batch)
+            if progress is not None and progress.enabled:
+                progress.show(source, lanes.stats().alerts, t0)
+            if end is not None and time.monotonic() >= end:
+                break
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (cli.py turns it into KeyboardInterrupt)
+        res.interrupted = True
+        if on_interrupt is not None:
+            on_interrupt()
+    finally:
+        if progress is not None:
+            progress.done()
+        try:
+            if not acks:
+                source.close()  # first: a live capture detaches now, not after the flush
+            lanes.close_all()
+            if acks:
+                if outputs is not None:
+                    outputs.flush()
+                source.ack(None)  # the end: commit what the closed lanes finished
+        finally:
+            if acks:
+                source.close()
+            if outputs is not None:
+                outputs.close()
+    res.seconds = time.monotonic() - t0
+    return res
