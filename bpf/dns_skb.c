@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-only OR Apache-2.0 */
 /* dns_skb.c: every DNS packet of the host, both ways. cgroup_skb egress and
  * ingress programs on the cgroup v2 root.
  *
@@ -8,12 +9,25 @@
  * misses other namespaces and cannot name the receiver; syscall tracepoints
  * tax every read and write on the host.
  *
- * Filtering stays in the kernel: only packets to or from a port in dns_ports
- * are copied (ports map, PORT_DNS) (up to DNS_MAX_PAYLOAD bytes of L4 payload, read with
- * bpf_skb_load_bytes, which also reads non-linear TCP data). On loopback a
- * packet crosses egress (sender) and ingress (receiver); only the side whose
- * socket has a known owner (the client) is kept, so each message is reported
- * once. Always returns 1: packets are observed, never dropped.
+ * Filtering stays in the kernel, so user space sees only what it needs:
+ * - only packets to or from a port in the ports map (PORT_DNS);
+ * - no payload (TCP handshakes, ACKs): nothing sent;
+ * - a UDP payload shorter than a DNS header (12 bytes): counted (C_SHORT), not sent;
+ * - on loopback a packet crosses egress (sender) and ingress (receiver); only
+ *   the client's side is kept, so each message is reported once and with the
+ *   client's socket owner: a query (to a DNS port) at egress, a response (from
+ *   a DNS port) at ingress;
+ * - under overload user space sets a shed level (control[0]); UDP messages
+ *   whose exchange hash falls below it are counted (C_SAMPLED), not sent. The
+ *   hash is symmetric (DNS id, ports, addresses): a query and its response are
+ *   kept or shed together, so sampling never makes answered queries look
+ *   unanswered. TCP is never sampled (user space reassembles streams).
+ * The rest is copied (up to DNS_MAX_PAYLOAD bytes of L4 payload, read with
+ * bpf_skb_load_bytes, which also reads non-linear TCP data) into a per-CPU
+ * scratch record and written to the ring buffer with its real length
+ * (bpf_ringbuf_output): ~200 bytes for a typical message, not 2 KiB.
+ * Counters are per-CPU (C_LOST, C_SHORT, C_SAMPLED, C_SENT). Always returns 1:
+ * packets are observed, never dropped.
  */
 #include <uapi/linux/if_ether.h>
 #include <uapi/linux/in.h>
@@ -21,8 +35,34 @@
 #include <uapi/linux/ipv6.h>
 #include <uapi/linux/tcp.h>
 #include <uapi/linux/udp.h>
+#include "dns_event.h"
 
 #define LOOPBACK_IFINDEX 1
+
+/* one record being built, per CPU (too big for the 512-byte BPF stack) */
+BPF_PERCPU_ARRAY(scratch, struct dns_event, 1);
+
+static __always_inline void skb_count(int k)
+{
+    u64 *v = counters.lookup(&k);
+    if (v)
+        __sync_fetch_and_add(v, 1); /* per-CPU; atomic because a softirq can nest */
+}
+
+/* symmetric in (source, destination): a query and its response hash alike */
+static __always_inline u32 exchange_hash(u16 id, u16 sport, u16 dport, const u8 *saddr, const u8 *daddr)
+{
+    u32 h = id ^ ((u32)(sport ^ dport) << 16);
+    u32 a, b;
+#pragma unroll
+    for (int i = 0; i < 16; i += 4) {
+        __builtin_memcpy(&a, saddr + i, 4);
+        __builtin_memcpy(&b, daddr + i, 4);
+        h ^= a ^ b;
+        h *= 0x9E3779B1u;
+    }
+    return h >> 22; /* 0..1023 */
+}
 
 static __always_inline int handle(struct __sk_buff *skb, u8 dir)
 {
@@ -88,32 +128,43 @@ static __always_inline int handle(struct __sk_buff *skb, u8 dir)
         return 1; /* no payload (TCP handshake, ACKs) */
     u32 plen = skb->len - off;
 
-    u64 cookie = bpf_get_socket_cookie(skb);
-    struct owner *o = owners.lookup(&cookie);
-    if (!o && skb->ifindex == LOOPBACK_IFINDEX)
-        return 1; /* the server's side of a loopback exchange: seen on the client's */
-
-    e = events.ringbuf_reserve(sizeof(struct dns_event));
-    if (!e) {
-        count_lost();
+    u8 lo = skb->ifindex == LOOPBACK_IFINDEX;
+    if (lo) {
+        /* the server's side of a loopback exchange: seen on the client's */
+        u8 query = kd && (*kd & PORT_DNS);
+        if (query ? dir != DIR_EGRESS : dir != DIR_INGRESS)
+            return 1;
+    }
+    if (proto == IPPROTO_UDP && plen < DNS_HDR_LEN) {
+        skb_count(C_SHORT); /* no DNS header: nothing user space could decode */
         return 1;
     }
+    u64 cookie = bpf_get_socket_cookie(skb);
+    struct owner *o = owners.lookup(&cookie);
+
+    if (proto == IPPROTO_UDP) {
+        int k0 = 0;
+        u32 *shed = control.lookup(&k0);
+        if (shed && *shed) {
+            u16 id = 0;
+            bpf_skb_load_bytes(skb, off, &id, 2);
+            if (exchange_hash(id, sport, dport, saddr, daddr) < *shed) {
+                skb_count(C_SAMPLED);
+                return 1;
+            }
+        }
+    }
+
+    int k = 0;
+    e = scratch.lookup(&k);
+    if (!e)
+        return 1;
     e->ts_ns = bpf_ktime_get_ns();
     e->cookie = cookie;
     if (o) {
-        e->pid = o->pid;
-        e->tid = o->tid;
-        e->uid = o->uid;
-        e->gid = o->gid;
-        e->cgroup_id = o->cgroup_id;
-        __builtin_memcpy(e->comm, o->comm, TASK_COMM_LEN);
+        __builtin_memcpy(&e->owner, o, sizeof(*o));
     } else {
-        e->pid = 0;
-        e->tid = 0;
-        e->uid = 0;
-        e->gid = 0;
-        e->cgroup_id = 0;
-        __builtin_memset(e->comm, 0, TASK_COMM_LEN);
+        __builtin_memset(&e->owner, 0, sizeof(e->owner));
     }
     __builtin_memcpy(e->saddr, saddr, 16);
     __builtin_memcpy(e->daddr, daddr, 16);
@@ -125,12 +176,18 @@ static __always_inline int handle(struct __sk_buff *skb, u8 dir)
     e->kind = KIND_PACKET;
     e->seq = seq;
     e->tcp_flags = flags;
+    e->lo = lo;
     e->len = plen;
     u32 n = plen < DNS_MAX_PAYLOAD ? plen : DNS_MAX_PAYLOAD; /* plen >= 1 here */
     /* ((n - 1) & (MAX - 1)) + 1 is n, in a form the verifier can bound to [1, MAX] */
     u32 sz = ((n - 1) & (DNS_MAX_PAYLOAD - 1)) + 1;
-    e->caplen = bpf_skb_load_bytes(skb, off, e->data, sz) == 0 ? sz : 0;
-    events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+    if (bpf_skb_load_bytes(skb, off, e->data, sz) < 0)
+        sz = 0;
+    e->caplen = sz;
+    if (events.ringbuf_output(e, DNS_EVENT_HDR + sz, BPF_RB_NO_WAKEUP) < 0)
+        skb_count(C_LOST);
+    else
+        skb_count(C_SENT);
     return 1;
 }
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-only OR Apache-2.0 */
 /* dns_sock.c: who sends DNS. cgroup sock_addr hooks connect4, connect6,
  * sendmsg4 and sendmsg6 on the cgroup v2 root.
  *
@@ -17,21 +18,11 @@
 #include <uapi/linux/in.h>
 #include "dns_event.h"
 
-BPF_TABLE("lru_hash", u64, struct owner, owners, 65536);
-/* ports to watch, host byte order -> PORT_DNS (DNS: copy packets) and/or
- * PORT_CONN (853 DoT/DoQ: report connects) */
-BPF_HASH(ports, u16, u8, 64);
-#define PORT_DNS 1
-#define PORT_CONN 2
-BPF_RINGBUF_OUTPUT(events, 4096);     /* 16 MiB (~7,500 events), shared with dns_skb.c */
-BPF_ARRAY(lost, u64, 1);              /* ring buffer full: events dropped */
-
-static __always_inline void count_lost(void)
+static __always_inline void sock_count(int k)
 {
-    int k = 0;
-    u64 *v = lost.lookup(&k);
+    u64 *v = counters.lookup(&k);
     if (v)
-        __sync_fetch_and_add(v, 1);
+        __sync_fetch_and_add(v, 1); /* per-CPU; atomic because a softirq can nest */
 }
 
 static __always_inline void fill_owner(struct owner *o)
@@ -58,19 +49,15 @@ static __always_inline int record(struct bpf_sock_addr *ctx, int family, int is_
     fill_owner(&o);
     owners.update(&cookie, &o);
     if ((what & PORT_CONN) && is_connect) {
-        struct dns_event *e = events.ringbuf_reserve(sizeof(struct dns_event));
+        /* the fixed part only: a connect carries no payload */
+        struct dns_event *e = events.ringbuf_reserve(DNS_EVENT_HDR);
         if (!e) {
-            count_lost();
+            sock_count(C_LOST);
             return 1;
         }
         e->ts_ns = bpf_ktime_get_ns();
         e->cookie = cookie;
-        e->cgroup_id = o.cgroup_id;
-        e->pid = o.pid;
-        e->tid = o.tid;
-        e->uid = o.uid;
-        e->gid = o.gid;
-        __builtin_memcpy(e->comm, o.comm, TASK_COMM_LEN);
+        __builtin_memcpy(&e->owner, &o, sizeof(o));
         __builtin_memset(e->saddr, 0, 16);
         __builtin_memset(e->daddr, 0, 16);
         if (family == 4) {
@@ -91,7 +78,11 @@ static __always_inline int record(struct bpf_sock_addr *ctx, int family, int is_
         e->kind = KIND_CONNECT;
         e->len = 0;
         e->caplen = 0;
+        e->seq = 0;
+        e->tcp_flags = 0;
+        e->lo = 0;
         events.ringbuf_submit(e, 0);
+        sock_count(C_SENT);
     }
     return 1;
 }

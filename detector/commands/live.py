@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import threading
@@ -71,7 +72,13 @@ def run(args: argparse.Namespace) -> int:
     except BaseException:
         outputs.close()
         raise
-    lanes.get(0)
+    pipe = lanes.get(0)
+    # shedding under overload is an alert (sensor-overload), never silent
+    source.cap.on_overload = pipe.report
+    # Many short-lived objects per message: collect young objects less often, and
+    # never walk what start-up made (BCC, rules, the DGA model) again.
+    gc.freeze()
+    gc.set_threshold(100_000, 20, 100)
     if getattr(args, "metrics_port", None):
         from detector import metrics
 
@@ -96,6 +103,10 @@ def run(args: argparse.Namespace) -> int:
                 ("DNS messages", f"{cs['dns_messages']:,}"),
                 ("lost BPF events", f"{cs['lost_bpf_events']:,}"), ("DoT connects", cs["connects"])]
         rows += [("rule off", f"{rid}: {why}") for rid, why in off.items()]
+        shed = cs.get("sampled_out", 0) + cs.get("shed_backlog", 0)
+        if shed:
+            rows.append(("shed under overload", f"{shed:,} (sampled out {cs.get('sampled_out', 0):,}, "
+                                                f"backlog {cs.get('shed_backlog', 0):,})"))
         errs = {k: v for k, v in cs.items() if k in ("parse_errors", "truncated_copies") and v}
         print_summary("live capture summary", rows, stats, errs)
     if args.summary_json:
