@@ -16,8 +16,24 @@ from typing import Any
 from detector.dns.constants import (FLAG_AA, FLAG_AD, FLAG_CD, FLAG_QR, FLAG_RA,  # noqa: F401
                                      FLAG_RD, FLAG_TC)
 
-#: Version of the compact JSON form sensors publish to ``dns-events``.
-WIRE_VERSION = 1
+#: Version of the records sensors publish to ``dns-events``: 2 is a batch
+#: ``{"v": 2, "evs": [event, ...]}``; 1 (one event per record, ``{"v": 1, ...}``)
+#: is still read. The event form is the same in both (see :func:`W`).
+WIRE_VERSION = 2
+READ_VERSIONS = (1, 2)
+
+
+def W(key: str, *, at: int | None = None, rows: type | None = None, row: type | None = None,
+      optional: bool = False) -> dict[str, Any]:
+    """Field metadata: the field's place in the compact wire form.
+
+    ``key`` alone: the value under that key. ``at=i``: element i of a list under
+    ``key`` (fields that travel together, e.g. address and port). ``rows=Cls``: a
+    list of Cls records, each a list of Cls's fields in declaration order;
+    ``row=Cls``: one such record. ``optional``: left out when None or empty.
+    On reading, a key that is missing is an error for a field without default.
+    """
+    return {"wire": (key, at, rows or row, rows is not None, optional)}
 
 QUERY = "query"
 RESPONSE = "response"
@@ -66,27 +82,30 @@ class ProcessInfo:
 class DnsEvent:
     """One DNS message seen on the wire (or a synthetic "unanswered" record)."""
 
-    ts: float
-    transport: str  # "udp" | "tcp"
-    ip_version: int  # 4 | 6
-    src_ip: str
-    src_port: int
-    dst_ip: str
-    dst_port: int
-    id: int
-    flags: int  # the raw 16-bit flags word (qr, opcode, aa, tc, rd, ra, ad, cd, rcode)
-    rcode: int  # full rcode, extended by EDNS when present
-    questions: list[Question]
-    answers: list[Answer] = field(default_factory=list)
-    ancount: int = 0
-    nscount: int = 0
-    arcount: int = 0
-    size: int = 0  # DNS message size in bytes
-    edns: Edns | None = None
-    process: ProcessInfo | None = None
+    # metadata=W(...): where the field travels in the compact wire form (dns-events);
+    # fields without it are not sent (enrichment is derived again by each consumer)
+    ts: float = field(metadata=W("ts"))
+    transport: str = field(metadata=W("t"))  # "udp" | "tcp"
+    ip_version: int = field(metadata=W("ipv"))  # 4 | 6
+    src_ip: str = field(metadata=W("s", at=0))
+    src_port: int = field(metadata=W("s", at=1))
+    dst_ip: str = field(metadata=W("d", at=0))
+    dst_port: int = field(metadata=W("d", at=1))
+    id: int = field(metadata=W("id"))
+    flags: int = field(metadata=W("f"))  # the raw 16-bit flags word (qr, opcode, aa, tc, rd, ra, ad, cd, rcode)
+    rcode: int = field(metadata=W("rc"))  # full rcode, extended by EDNS when present
+    questions: list[Question] = field(metadata=W("q", rows=Question))
+    answers: list[Answer] = field(default_factory=list, metadata=W("a", rows=Answer, optional=True))
+    ancount: int = field(default=0, metadata=W("c", at=0))
+    nscount: int = field(default=0, metadata=W("c", at=1))
+    arcount: int = field(default=0, metadata=W("c", at=2))
+    size: int = field(default=0, metadata=W("sz"))  # DNS message size in bytes
+    edns: Edns | None = field(default=None, metadata=W("e", row=Edns, optional=True))
+    process: ProcessInfo | None = field(default=None, metadata=W("p", row=ProcessInfo, optional=True))
     # set by correlate
-    kind: str = QUERY
-    latency: float | None = None  # seconds, on responses (and unanswered: the timeout)
+    kind: str = field(default=QUERY, metadata=W("k"))
+    # seconds, on responses (and unanswered: the timeout)
+    latency: float | None = field(default=None, metadata=W("lat", optional=True))
     # set by enrich (from the first question's name)
     registered_domain: str = ""
     subdomain: str = ""
@@ -97,7 +116,7 @@ class DnsEvent:
     entity: str = ""
     allowed: bool = False
     # set by live capture: upstream query caused by this application query (stub link)
-    cause: dict[str, Any] | None = None
+    cause: dict[str, Any] | None = field(default=None, metadata=W("cause", optional=True))
     # set by the decoder when the message broke after the question section
     malformed: str = ""
 
@@ -197,72 +216,174 @@ class ConnEvent:
 
 
 # --- compact wire form (dns-events topic) -------------------------------------
-
-def event_to_wire(ev: DnsEvent) -> dict[str, Any]:
-    d: dict[str, Any] = {
-        "v": WIRE_VERSION,
-        "ts": ev.ts,
-        "t": ev.transport,
-        "ipv": ev.ip_version,
-        "s": [ev.src_ip, ev.src_port],
-        "d": [ev.dst_ip, ev.dst_port],
-        "id": ev.id,
-        "f": ev.flags,
-        "rc": ev.rcode,
-        "q": [[q.name, q.qtype, q.qclass] for q in ev.questions],
-        "c": [ev.ancount, ev.nscount, ev.arcount],
-        "sz": ev.size,
-        "k": ev.kind,
-    }
-    if ev.answers:
-        d["a"] = [[a.name, a.rtype, a.ttl, a.data, a.rdlength] for a in ev.answers]
-    if ev.edns is not None:
-        e = ev.edns
-        d["e"] = [e.udp_size, e.do, e.version, e.client_subnet]
-    if ev.process is not None:
-        p = ev.process
-        d["p"] = [p.pid, p.tid, p.comm, p.exe, p.uid, p.gid, p.cgroup_id, p.container_id]
-    if ev.latency is not None:
-        d["lat"] = ev.latency
-    if ev.cause:
-        d["cause"] = ev.cause
-    return d
-
+# event_to_wire / event_from_wire are generated once from DnsEvent's field
+# metadata (W): a new field on the wire is one W(...) on its declaration.
 
 class WireVersionError(ValueError):
     pass
 
 
+def _wire_spec():
+    """[(key, [(at, field name, record class, is list, optional, has default)])] in field order."""
+    from dataclasses import MISSING, fields
+
+    groups: dict[str, list] = {}
+    for f in fields(DnsEvent):
+        w = f.metadata.get("wire")
+        if w is None:
+            continue
+        key, at, cls, many, optional = w
+        has_default = f.default is not MISSING or f.default_factory is not MISSING
+        groups.setdefault(key, []).append((at, f.name, cls, many, optional, has_default))
+    return list(groups.items())
+
+
+def _record_fields(cls) -> list[str]:
+    from dataclasses import fields
+
+    return [f.name for f in fields(cls)]
+
+
+def _generate() -> tuple:
+    """Source text of the encoder and the decoder, from the field metadata."""
+    from dataclasses import MISSING, fields
+
+    enc = ["def to_wire_fields(ev):", "    d = {}"]
+    dec = ["def from_wire_fields(d):"]
+    args = []
+    env: dict[str, Any] = {"DnsEvent": DnsEvent}
+    for i, (key, parts) in enumerate(_wire_spec()):
+        k, var = repr(key), f"w{i}"
+        at, name, cls, many, optional, has_default = parts[0]
+        if at is not None:  # several fields travel as one list
+            parts = sorted(parts)
+            enc.append(f"    d[{k}] = [" + ", ".join(f"ev.{p[1]}" for p in parts) + "]")
+            required = not all(p[5] for p in parts)
+            dec.append(f"    {var} = d[{k}]" if required else f"    {var} = d.get({k})")
+            for p in parts:
+                env[f"D_{p[1]}"] = _default(p[1]) if p[5] else None
+                args.append(f"{p[1]}={var}[{p[0]}]" if required else f"{p[1]}={var}[{p[0]}] if {var} else D_{p[1]}")
+            continue
+        if cls is not None:  # records: lists of the record's fields in declaration order
+            env[cls.__name__] = cls
+            cols = ", ".join(f"r.{c}" for c in _record_fields(cls))
+            value = f"[[{cols}] for r in x]" if many else f"[{cols.replace('r.', 'x.')}]"
+            build = f"[{cls.__name__}(*r) for r in {var}]" if many else f"{cls.__name__}(*{var})"
+        else:
+            value, build = "x", var
+        enc.append(f"    x = ev.{name}")
+        if optional:
+            enc += ["    if x:" if many else "    if x is not None:", f"        d[{k}] = {value}"]
+        else:
+            enc.append(f"    d[{k}] = {value}")
+        if has_default:
+            env[f"D_{name}"] = _default(name)
+            dec.append(f"    {var} = d.get({k})")
+            empty = "[]" if many else f"D_{name}"
+            args.append(f"{name}={build} if {var} is not None else {empty}")
+        else:
+            dec.append(f"    {var} = d[{k}]")
+            args.append(f"{name}={build}")
+    enc.append("    return d")
+    # positional, in declaration order (cheaper than keywords); fields not on the wire get
+    # their defaults
+    by_name = dict(a.split("=", 1) for a in args)
+    pos = []
+    for f in fields(DnsEvent):
+        if f.name in by_name:
+            pos.append(by_name[f.name])
+        elif f.default is not MISSING:
+            env[f"D_{f.name}"] = f.default
+            pos.append(f"D_{f.name}")
+        else:
+            env[f"F_{f.name}"] = f.default_factory
+            pos.append(f"F_{f.name}()")
+    dec.append("    return DnsEvent(" + ", ".join(pos) + ")")
+    src = "\n".join(enc) + "\n\n\n" + "\n".join(dec) + "\n"
+    exec(compile(src, "<detector.events wire form>", "exec"), env)  # noqa: S102 - our own text
+    return env["to_wire_fields"], env["from_wire_fields"], src
+
+
+def _default(name: str) -> Any:
+    from dataclasses import MISSING, fields
+
+    f = next(f for f in fields(DnsEvent) if f.name == name)
+    return f.default if f.default is not MISSING else f.default_factory()
+
+
+#: to_wire_fields(ev) -> the event's wire dict (no version key); from_wire_fields(d) ->
+#: DnsEvent; WIRE_SOURCE is the generated code, for reading
+to_wire_fields, from_wire_fields, WIRE_SOURCE = _generate()
+
+
+def _type_checks() -> list[tuple[str, str | None, tuple]]:
+    """(field, record field or None, accepted types) for the plain-typed wire fields."""
+    from dataclasses import fields
+
+    plain = {"str": (str,), "int": (int,), "float": (float, int), "bool": (bool,)}
+    out: list[tuple[str, str | None, tuple]] = []
+    for f in fields(DnsEvent):
+        w = f.metadata.get("wire")
+        if w is None:
+            continue
+        t = plain.get(str(f.type).split(" ")[0])
+        if t is not None and w[2] is None:
+            out.append((f.name, None, t + ((type(None),) if "None" in str(f.type) else ())))
+        elif w[3]:  # a list of records: check the first one's plain fields
+            out += [(f.name, g.name, plain[str(g.type)]) for g in fields(w[2]) if str(g.type) in plain]
+    return out
+
+
+_CHECKS = _type_checks()
+
+
+def wire_type_error(ev: DnsEvent) -> str:
+    """'' when the decoded event's plain fields have their declared types, else what is wrong
+    (a record from another producer can hold a number where a name belongs)."""
+    for name, sub, types in _CHECKS:
+        v = getattr(ev, name)
+        if sub is not None:
+            if not v:
+                continue
+            v = getattr(v[0], sub)
+        if v.__class__ not in types and not isinstance(v, types):
+            return f"{name}{'.' + sub if sub else ''} is {type(v).__name__}"
+    return ""
+
+
+def event_to_wire(ev: DnsEvent) -> dict[str, Any]:
+    """One event as a version-1 record: ``{"v": 1, ...}``."""
+    d = to_wire_fields(ev)
+    d["v"] = 1
+    return d
+
+
 def event_from_wire(d: dict[str, Any]) -> DnsEvent:
+    """A version-1 record (one event) back into a DnsEvent."""
     v = d.get("v")
-    if v != WIRE_VERSION:
-        raise WireVersionError(
-            f"dns-events record has schema version {v!r}; this detector understands version "
-            f"{WIRE_VERSION} only (upgrade the detector or the sensor so they match)"
-        )
-    an, ns, ar = d["c"]
-    e = d.get("e")
-    p = d.get("p")
-    return DnsEvent(
-        ts=d["ts"],
-        transport=d["t"],
-        ip_version=d["ipv"],
-        src_ip=d["s"][0],
-        src_port=d["s"][1],
-        dst_ip=d["d"][0],
-        dst_port=d["d"][1],
-        id=d["id"],
-        flags=d["f"],
-        rcode=d["rc"],
-        questions=[Question(*q) for q in d["q"]],
-        answers=[Answer(*a) for a in d.get("a", ())],
-        ancount=an,
-        nscount=ns,
-        arcount=ar,
-        size=d["sz"],
-        edns=Edns(*e) if e else None,
-        process=ProcessInfo(*p) if p else None,
-        kind=d.get("k", QUERY),
-        latency=d.get("lat"),
-        cause=d.get("cause"),
-    )
+    if v != 1:
+        raise _version_error(v)
+    return from_wire_fields(d)
+
+
+def events_to_record(evs: list[DnsEvent]) -> dict[str, Any]:
+    """Events as one version-2 record: ``{"v": 2, "evs": [...]}``."""
+    return {"v": WIRE_VERSION, "evs": [to_wire_fields(ev) for ev in evs]}
+
+
+def events_from_record(d: Any) -> list[DnsEvent]:
+    """Every event in one dns-events record (version 1 or 2)."""
+    if not isinstance(d, dict):
+        raise TypeError("a dns-events record is a JSON object")
+    v = d.get("v")
+    if v == 2:
+        return [from_wire_fields(x) for x in d["evs"]]
+    if v == 1:
+        return [from_wire_fields(d)]
+    raise _version_error(v)
+
+
+def _version_error(v: Any) -> WireVersionError:
+    return WireVersionError(
+        f"dns-events record has schema version {v!r}; this detector reads versions "
+        f"{', '.join(map(str, READ_VERSIONS))} (upgrade the detector or the sensor so they match)")

@@ -106,6 +106,11 @@ def topic_size(bootstrap: str, topic: str) -> int:
         c.close()
 
 
+def events_on(recs) -> int:
+    """DNS events in dns-events records: a version-2 record packs many."""
+    return sum(len(v["evs"]) if v.get("v") == 2 else 1 for _, v, _ in recs)
+
+
 def alert_ids(docs) -> list[str]:
     return [d["event"]["id"] for d in docs]
 
@@ -257,7 +262,8 @@ def test_consumer_group_shares_partitions_and_matches_single_consumer(work):
                 if p.poll() is None:
                     p.kill()
                     p.wait()
-        published = len(read_topic(b.bootstrap, "dns-events"))
+        events_topic = read_topic(b.bootstrap, "dns-events")
+        published = events_on(events_topic)
         single = _start_consumer(work, b.bootstrap, "single", "s")
         assert single.wait(timeout=120) == 0
         alerts_topic = read_topic(b.bootstrap, "dns-alerts")
@@ -272,6 +278,15 @@ def test_consumer_group_shares_partitions_and_matches_single_consumer(work):
     assert set(group_ids) == set(ref_ids)
     topic_ids = alert_ids(v for _, v, _ in alerts_topic)
     assert set(topic_ids) == set(ref_ids)  # group + single both published to dns-alerts
+    # the sensor packs events (version 2 records), and a domain's events stay on one partition
+    assert all(v["v"] == 2 for _, v, _ in events_topic)
+    assert max(len(v["evs"]) for _, v, _ in events_topic) > 50
+    where: dict[str, set[int]] = {}
+    for _, v, part in events_topic:
+        for ev in v["evs"]:
+            where.setdefault(".".join(ev["q"][0][0].split(".")[-2:]), set()).add(part)
+    assert where["evil0.com"] and all(len(ps) == 1 for d, ps in where.items() if d.startswith("evil"))
+    assert len(set().union(*where.values())) == 4
 
 
 # --- 5. bad records on dns-events are counted skips -----------------------------
@@ -281,8 +296,12 @@ def test_bad_event_records_are_counted_skips(work):
     pcap = make_pcap(work / "a.pcap", 3)
     with EmbeddedBroker(topics={"dns-alerts": 1, "dns-events": 1}) as b:
         prod = KafkaProducer(bootstrap_servers=b.bootstrap, acks="all")
+        # a record that decodes but has a number where the name belongs: a bad record, and the
+        # events after it are still processed
+        poison = {"v": 1, "ts": 1.0, "t": "udp", "ipv": 4, "s": ["10.9.9.9", 1000], "d": ["10.0.0.53", 53],
+                  "id": 1, "f": 0, "rc": 0, "q": [[5, 1, 1]], "c": [0, 0, 0], "sz": 30}
         for v in (b"not json at all", b"\xff\xfe", json.dumps({"v": 99, "ts": 1.0}).encode(),
-                  b"[1, 2, 3]", json.dumps({"v": 1, "ts": 1.0}).encode()):
+                  b"[1, 2, 3]", json.dumps({"v": 1, "ts": 1.0}).encode(), json.dumps(poison).encode()):
             prod.send("dns-events", v).get(timeout=10)
         prod.close()
         r = run_detector("replay", "pcap", str(pcap), "--publish-events", "--kafka", b.bootstrap,
@@ -294,7 +313,7 @@ def test_bad_event_records_are_counted_skips(work):
     assert r.returncode == 0, r.stderr
     assert "schema version 99" in r.stderr
     s = json.loads((work / "s.json").read_text())
-    assert s["skipped"] == {"not_json": 2, "wire_version": 1, "bad_record": 2}
+    assert s["skipped"] == {"not_json": 2, "wire_version": 1, "bad_record": 3}
     assert s["processed"] == 6  # 3 queries + 3 responses
     assert len(json_lines((work / "c.jsonl").read_text())) == 3
 
@@ -434,7 +453,7 @@ def test_consumer_leaving_rebalances_to_the_other(work):
                 if p.poll() is None:
                     p.kill()
                     p.wait()
-        published = len(read_topic(b.bootstrap, "dns-events"))
+        published = events_on(read_topic(b.bootstrap, "dns-events"))
     sa = json.loads((work / "a.json").read_text())
     sb = json.loads((work / "b.json").read_text())
     assert sb["processed"] > 0 and sa["processed"] > 0

@@ -93,3 +93,45 @@ def test_c_decoder_escapes_hostile_names_like_python():
     with pytest.raises(wire.DnsParseError) as e:
         wire.decode(b"\x00" * 5, *ARGS)
     assert e.value.kind == "short_header" and "5 bytes" in str(e.value)
+
+
+def test_c_decoder_builds_events_by_field_name(data):
+    """The C decoder passes field names, not positions: a DnsEvent class whose fields
+    are declared in another order gets every value in the right field, and a class
+    that lacks a field is refused at setup with its name."""
+    from dataclasses import MISSING, field, fields, make_dataclass
+
+    from detector.events import Answer, DnsEvent, Edns, Question
+
+    def spec(f):
+        if f.default is not MISSING:
+            return (f.name, object, field(default=f.default))
+        if f.default_factory is not MISSING:
+            return (f.name, object, field(default_factory=f.default_factory))
+        return (f.name, object)
+
+    def klass(name, keep):
+        fs = [f for f in fields(DnsEvent) if keep(f.name)]
+        required = [spec(f) for f in fs if len(spec(f)) == 2]
+        optional = [spec(f) for f in fs if len(spec(f)) == 3]
+        return make_dataclass(name, required[::-1] + optional[::-1], slots=True)  # another order
+
+    flipped = klass("Flipped", lambda n: True)
+    msgs = payloads(data, limit_per_file=50)[:500]
+    try:
+        wire._cwire.setup(flipped, Question, Answer, Edns, wire.DnsParseError)
+        for m in msgs:
+            try:
+                got = wire.decode(m, *ARGS)
+            except wire.DnsParseError:
+                continue
+            ref = wire.py_decode(m, *ARGS)
+            assert type(got) is flipped
+            for f in fields(DnsEvent):
+                assert getattr(got, f.name) == getattr(ref, f.name), f.name
+        lacking = klass("Lacking", lambda n: n != "size")
+        with pytest.raises(TypeError, match="has no field 'size'"):
+            wire._cwire.setup(lacking, Question, Answer, Edns, wire.DnsParseError)
+    finally:
+        wire._cwire.setup(DnsEvent, Question, Answer, Edns, wire.DnsParseError)
+    assert type(wire.decode(msgs[0], *ARGS)) is DnsEvent

@@ -8,8 +8,6 @@ from typing import Any
 from detector.alerts import ecs
 from detector.events import DnsEvent, Finding
 
-FORMATS = ("ecs", "jsonl", "ocsf")
-
 
 def flat_event(ev: DnsEvent) -> dict[str, Any]:
     d: dict[str, Any] = {

@@ -198,7 +198,7 @@ def _from_kafka(args, top: Top) -> int:
     from kafka import KafkaConsumer, TopicPartition
     from kafka.errors import KafkaError
 
-    from detector.events import WireVersionError, event_from_wire
+    from detector.events import WireVersionError, events_from_record
     from detector.kafkaconf import kafka_config_from_args
 
     if log.getEffectiveLevel() > logging.DEBUG:
@@ -236,7 +236,8 @@ def _from_kafka(args, top: Top) -> int:
                         if is_alert:
                             top.alert(d)
                         else:
-                            top.event(event_from_wire(d))
+                            for ev in events_from_record(d):
+                                top.event(ev)
                     except (ValueError, KeyError, TypeError, IndexError, WireVersionError):
                         top.skipped += 1
             if args.once:

@@ -22,6 +22,28 @@
 static PyObject *DnsEvent, *Question, *Answer, *Edns, *DnsParseError;
 static PyObject *s_malformed, *s_edns, *s_rcode, *s_answers;
 
+/* Records are built by field name: these are the keyword names passed to each
+ * class (setup() checks every one is a field of the dataclass it is given). */
+static const char *EVENT_FIELDS[] = {"ts", "transport", "ip_version", "src_ip", "src_port", "dst_ip",
+                                     "dst_port", "id", "flags", "rcode", "questions", "answers",
+                                     "ancount", "nscount", "arcount", "size", NULL};
+static const char *QUESTION_FIELDS[] = {"name", "qtype", "qclass", NULL};
+static const char *ANSWER_FIELDS[] = {"name", "rtype", "ttl", "data", "rdlength", NULL};
+static const char *EDNS_FIELDS[] = {"udp_size", "do", "version", "client_subnet", NULL};
+enum { N_EVENT = 16, N_QUESTION = 3, N_ANSWER = 5, N_EDNS = 4 };
+static PyObject *kw_event, *kw_question, *kw_answer, *kw_edns;
+
+/* cls(**dict(zip(kwnames, v))); steals the n references in v (NULL entries: a failed
+ * conversion, so nothing is called) */
+static PyObject *build(PyObject *cls, PyObject *kwnames, PyObject **v, int n) {
+    PyObject *r = NULL;
+    int ok = 1;
+    for (int i = 0; i < n; i++) ok &= v[i] != NULL;
+    if (ok) r = PyObject_Vectorcall(cls, v, 0, kwnames);
+    for (int i = 0; i < n; i++) Py_XDECREF(v[i]);
+    return r;
+}
+
 /* error kinds (interned once) */
 enum { E_OK = 0, E_TRUNC_NAME, E_LOOP, E_BAD_PTR, E_BAD_LABEL, E_TOO_LONG,
        E_TRUNC_Q, E_TRUNC_REC, E_BAD_RDATA, E_COUNT };
@@ -226,10 +248,9 @@ static PyObject *edns_obj(const unsigned char *b, Py_ssize_t off, Py_ssize_t rdl
         }
         off += ln;
     }
-    PyObject *r = PyObject_CallFunction(Edns, "iOiO", (int)cls, do_bit ? Py_True : Py_False,
-                                        (int)version, ecs ? ecs : Py_None);
-    Py_XDECREF(ecs);
-    return r;
+    PyObject *v[N_EDNS] = {PyLong_FromLong(cls), Py_NewRef(do_bit ? Py_True : Py_False),
+                           PyLong_FromLong(version), ecs ? ecs : Py_NewRef(Py_None)};
+    return build(Edns, kw_edns, v, N_EDNS);
 }
 
 static int set_malformed(PyObject *ev, int err) {
@@ -273,18 +294,13 @@ static PyObject *decode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     answers = PyList_New(0);
     if (!questions || !answers) goto fail;
     {
-        PyObject *cargs[16] = {args[1], args[2], args[3], args[4], args[5], args[6], args[7],
-                               NULL, NULL, NULL, questions, answers, NULL, NULL, NULL, NULL};
-        PyObject *o_mid = PyLong_FromLong(mid), *o_flags = PyLong_FromLong(flags),
-                 *o_rc = PyLong_FromLong(flags & 0xF), *o_an = PyLong_FromLong(an),
-                 *o_ns = PyLong_FromLong(ns), *o_ar = PyLong_FromLong(ar),
-                 *o_n = PyLong_FromSsize_t(n);
-        cargs[7] = o_mid; cargs[8] = o_flags; cargs[9] = o_rc; cargs[12] = o_an; cargs[13] = o_ns;
-        cargs[14] = o_ar; cargs[15] = o_n;
-        int ok = o_mid && o_flags && o_rc && o_an && o_ns && o_ar && o_n;
-        if (ok) ev = PyObject_Vectorcall(DnsEvent, cargs, 16, NULL);
-        Py_XDECREF(o_mid); Py_XDECREF(o_flags); Py_XDECREF(o_rc); Py_XDECREF(o_an);
-        Py_XDECREF(o_ns); Py_XDECREF(o_ar); Py_XDECREF(o_n);
+        PyObject *v[N_EVENT] = {
+            Py_NewRef(args[1]), Py_NewRef(args[2]), Py_NewRef(args[3]), Py_NewRef(args[4]),
+            Py_NewRef(args[5]), Py_NewRef(args[6]), Py_NewRef(args[7]), PyLong_FromLong(mid),
+            PyLong_FromLong(flags), PyLong_FromLong(flags & 0xF), Py_NewRef(questions),
+            Py_NewRef(answers), PyLong_FromLong(an), PyLong_FromLong(ns), PyLong_FromLong(ar),
+            PyLong_FromSsize_t(n)};
+        ev = build(DnsEvent, kw_event, v, N_EVENT);
         if (!ev) goto fail;
     }
     Py_ssize_t off = 12;
@@ -298,8 +314,9 @@ static PyObject *decode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         }
         off = nx;
         if (off + 4 > n) { Py_DECREF(name); err = E_TRUNC_Q; goto malformed; }
-        PyObject *q = PyObject_CallFunction(Question, "Nii", name, (int)u16(b + off),
-                                            (int)u16(b + off + 2));
+        PyObject *qv[N_QUESTION] = {name, PyLong_FromLong(u16(b + off)),
+                                    PyLong_FromLong(u16(b + off + 2))};
+        PyObject *q = build(Question, kw_question, qv, N_QUESTION);
         if (!q) goto fail;
         off += 4;
         int r = PyList_Append(questions, q);
@@ -324,8 +341,9 @@ static PyObject *decode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         if ((Py_ssize_t)i < max_answers) {
             PyObject *data = rdata_obj(b, n, rtype, off, rdlen, &err);
             if (!data) { Py_DECREF(name); if (err) goto malformed; goto fail; }
-            PyObject *a = PyObject_CallFunction(Answer, "NiINn", name, (int)rtype, (unsigned)ttl,
-                                                data, rdlen);
+            PyObject *av[N_ANSWER] = {name, PyLong_FromLong(rtype), PyLong_FromUnsignedLong(ttl),
+                                      data, PyLong_FromSsize_t(rdlen)};
+            PyObject *a = build(Answer, kw_answer, av, N_ANSWER);
             if (!a) goto fail;
             int r = PyList_Append(answers, a);
             Py_DECREF(a);
@@ -383,9 +401,41 @@ fail:
     return NULL;
 }
 
+/* A tuple of the names, after checking each is a field of the dataclass ``cls``. */
+static PyObject *field_names(PyObject *cls, const char **names) {
+    PyObject *fields = PyObject_GetAttrString(cls, "__dataclass_fields__");
+    if (!fields) return NULL;
+    Py_ssize_t n = 0;
+    while (names[n]) n++;
+    PyObject *t = PyTuple_New(n);
+    for (Py_ssize_t i = 0; t && i < n; i++) {
+        PyObject *s = PyUnicode_InternFromString(names[i]);
+        if (!s) { Py_CLEAR(t); break; }
+        PyTuple_SET_ITEM(t, i, s);
+        int has = PyMapping_HasKey(fields, s);
+        if (!has) {
+            PyErr_Format(PyExc_TypeError, "_cwire: %S has no field %R (rebuild the C decoder: ./setup.sh)",
+                         cls, s);
+            Py_CLEAR(t);
+        }
+    }
+    Py_DECREF(fields);
+    return t;
+}
+
 static PyObject *setup(PyObject *self, PyObject *args) {
     PyObject *a, *b, *c, *d, *e;
     if (!PyArg_ParseTuple(args, "OOOOO", &a, &b, &c, &d, &e)) return NULL;
+    PyObject *ke = NULL, *kq = NULL, *ka = NULL, *kd = NULL;
+    if (!(ke = field_names(a, EVENT_FIELDS)) || !(kq = field_names(b, QUESTION_FIELDS)) ||
+        !(ka = field_names(c, ANSWER_FIELDS)) || !(kd = field_names(d, EDNS_FIELDS))) {
+        Py_XDECREF(ke); Py_XDECREF(kq); Py_XDECREF(ka); Py_XDECREF(kd);
+        return NULL;
+    }
+    Py_XSETREF(kw_event, ke);
+    Py_XSETREF(kw_question, kq);
+    Py_XSETREF(kw_answer, ka);
+    Py_XSETREF(kw_edns, kd);
     Py_XSETREF(DnsEvent, Py_NewRef(a));
     Py_XSETREF(Question, Py_NewRef(b));
     Py_XSETREF(Answer, Py_NewRef(c));

@@ -213,8 +213,9 @@ def decode(
     off = 12
     questions: list[Question] = []
     local: dict[int, str] = {}  # names decoded in this message, by offset (pointer targets)
-    ev = DnsEvent(ts, transport, ip_version, src_ip, src_port, dst_ip, dst_port, mid, flags,
-                  flags & 0xF, questions, [], an, ns, ar, n)
+    ev = DnsEvent(ts=ts, transport=transport, ip_version=ip_version, src_ip=src_ip, src_port=src_port,
+                  dst_ip=dst_ip, dst_port=dst_port, id=mid, flags=flags, rcode=flags & 0xF,
+                  questions=questions, answers=[], ancount=an, nscount=ns, arcount=ar, size=n)
     try:
         for _ in range(qd):
             # Fast path: an uncompressed name seen before decodes from the cache.

@@ -38,6 +38,9 @@ class Source:
     #: True: after each batch the driver flushes the sinks and calls :meth:`ack`
     #: (Kafka commits offsets only for records whose alerts were delivered)
     acks = False
+    #: True: an exception out of the pipeline is counted (:meth:`failed`) and the
+    #: batch goes on; False: it stops the run (a bug in our own decoding)
+    isolate_errors = False
     #: unit of :meth:`progress` counts, for the progress line
     unit = "events"
     #: set by the driver: ``on_revoke(lanes)`` closes those lanes' pipelines and
@@ -57,6 +60,9 @@ class Source:
 
     def ack(self, batch: Batch) -> None:
         """The batch was processed and its alerts delivered (or spooled)."""
+
+    def failed(self, n: int = 1) -> None:
+        """``n`` events raised in the pipeline (with ``isolate_errors``)."""
 
     def close(self) -> None:
         pass

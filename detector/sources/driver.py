@@ -26,12 +26,15 @@ from detector.sources.base import Batch, Source
 
 log = logging.getLogger(__name__)
 
+IDLE_FLUSH = 0.2  # seconds: a quiet live source flushes the sinks this often (packed events go out)
+
 
 @dataclass
 class DriveResult:
     seconds: float = 0.0
     batches: int = 0
     interrupted: bool = False
+    pipeline_errors: int = 0
     #: monotonic time of the first and of the last batch that carried events
     first: float | None = None
     last: float | None = None
@@ -119,12 +122,29 @@ class Progress:
             sys.stderr.write("\r" + " " * 110 + "\r")
 
 
-def feed(pipe, batch: Batch) -> None:
-    """One batch into one pipeline, in order."""
+def feed(pipe, batch: Batch, on_error: Callable[[Exception], None] | None = None) -> None:
+    """One batch into one pipeline, in order.
+
+    With ``on_error``, an exception out of the pipeline is reported there and the
+    batch goes on after the event that raised (a poisonous record from a topic
+    must not stop a consumer); without, it propagates.
+    """
     for f in batch.findings:
         pipe.report(f)
     evs = batch.events
-    if not batch.conns:
+    if on_error is not None:
+        it = iter(evs)  # process_many consumes it; after an error, go on where it stopped
+        while True:
+            try:
+                _feed(pipe, it, batch.conns)
+                return
+            except Exception as e:  # noqa: BLE001
+                on_error(e)
+    _feed(pipe, evs, batch.conns)
+
+
+def _feed(pipe, evs, conns: bool) -> None:
+    if not conns:
         pipe.process_many(evs)
         return
     run: list = []
@@ -159,6 +179,15 @@ def drive(source: Source, lanes: Lanes, outputs=None, *, duration: float | None 
 
     source.on_revoke = revoke
     acks = source.acks
+    on_error = None
+    if source.isolate_errors:
+        def on_error(e: Exception) -> None:
+            source.failed(1)
+            if res.pipeline_errors < 5:
+                log.error("%s: processing an event failed: %s: %s", source.name, type(e).__name__, e,
+                          exc_info=log.isEnabledFor(logging.DEBUG))
+            res.pipeline_errors += 1
+    flushed = t0
     try:
         for batch in source.batches():
             res.batches += 1
@@ -167,10 +196,13 @@ def drive(source: Source, lanes: Lanes, outputs=None, *, duration: float | None 
                 if res.first is None:
                     res.first = now
                 res.last = now
-                feed(lanes.get(batch.lane), batch)
-            elif batch.now is not None:
+                feed(lanes.get(batch.lane), batch, on_error)
+            elif batch.now is not None:  # a quiet live source: time moves on, sinks deliver
                 for p in list(lanes.pipes.values()) or [lanes.get(batch.lane)]:
                     p.advance(batch.now)
+                if outputs is not None and not acks and time.monotonic() - flushed >= IDLE_FLUSH:
+                    outputs.flush()
+                    flushed = time.monotonic()
             if acks and batch.mark is not None:
                 if outputs is not None:
                     outputs.flush()
