@@ -67,6 +67,13 @@ class Allowlist:
     def covers_resolver(self, ip: str) -> bool:
         return _in_nets(ip, self.resolvers)
 
+    def covers_client(self, ip: str) -> bool:
+        return _in_nets(ip, self.clients)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.domains or self.processes or self.resolvers or self.clients)
+
     def covers(self, ev: DnsEvent) -> bool:
         return self.covers_domain(ev.qname) or self.covers_process(ev) or _in_nets(
             ev.client[0], self.clients

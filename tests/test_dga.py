@@ -18,7 +18,8 @@ import pytest
 from detector.detect.dga import excluded
 from detector.detect.dga.features import FEATURE_VERSION, FEATURES, split_label, split_many
 from detector.detect.dga.model import DgaModel
-from detector.paths import REPO, bundled
+from detector.errors import DetectorError
+from detector.paths import REPO, bundled, shared_data
 from tests.conftest import json_lines, run_detector
 
 ARTEFACT = REPO / "models" / "dga.joblib"
@@ -99,7 +100,7 @@ def test_split_many_agrees_with_split_label():
     assert split_label("kq3v.duckdns.org")[0] == "kq3v"  # shared parent: the label below it
 
 
-def test_c_features_and_forest_agree_with_numpy_and_sklearn(model, data):
+def test_c_features_and_forest_agree_with_numpy_and_sklearn(tmp_path, data):
     """The C twin (_cdga) must give the numpy features bit for bit and
     scikit-learn's decision function exactly, on real and hostile names."""
     from detector.detect.dga import features as F
@@ -107,6 +108,10 @@ def test_c_features_and_forest_agree_with_numpy_and_sklearn(model, data):
     if F._cdga is None:
         pytest.skip("the C extension was not built (no compiler): numpy is the only path")
     import random
+    import shutil
+
+    shutil.copy(ARTEFACT, tmp_path / "dga.joblib")  # the joblib alone: scikit-learn's forest too
+    model = DgaModel.load(tmp_path / "dga.joblib")
 
     names = _names(data / "benign/alexa_top100k_2015.csv", 30000, column=1)
     for fam in sorted((data / "dga/families").iterdir())[:40]:
@@ -306,3 +311,34 @@ def test_eval_dga_prints_the_leave_family_out_table(data):
     assert all(0.0 <= v["recall"] <= 1.0 for v in fams.values())
     # every family was scored by a model of another fold: folds partition the families
     assert len({v["fold"] for v in fams.values()}) == met["folds"]
+
+
+def test_runtime_artefact_scores_like_the_joblib_and_a_stale_one_is_ignored(tmp_path):
+    """models/dga.runtime.npz (no scikit-learn at run time) gives the very scores of
+    the joblib artefact it was made from, on real popular and DGA names; one made
+    from another artefact is not used."""
+    import shutil
+
+    from detector.detect.dga.model import DgaModel, runtime_path
+
+    DATA = shared_data()
+    names = [ln.split(",")[1].strip() for ln in
+             (DATA / "benign" / "alexa_top100k_2015.csv").read_text().splitlines()[:1500] if "," in ln]
+    fams = sorted((DATA / "dga" / "families").iterdir())[:10]
+    names += [ln.split(",")[0] for f in fams for ln in f.read_text(errors="replace").splitlines()[:50] if ln]
+    only = tmp_path / "dga.joblib"
+    shutil.copy(ARTEFACT, only)  # no runtime file beside it: the joblib path
+    slow = DgaModel.load(only)
+    assert slow.clf is not None
+    fast = DgaModel.load(ARTEFACT)
+    assert fast.clf is None and runtime_path(ARTEFACT).is_file()
+    a = [s for s, _ in slow.score_many(names)]
+    b = [s for s, _ in fast.score_many(names)]
+    assert a == b
+    assert fast.single_threshold == slow.single_threshold and fast.storm_threshold == slow.storm_threshold
+    # a runtime file made from another artefact is ignored: the junk joblib is read, and refused
+    junk = tmp_path / "junk.joblib"
+    junk.write_bytes(b"not a model")
+    shutil.copy(runtime_path(ARTEFACT), runtime_path(junk))
+    with pytest.raises(DetectorError, match="not a readable DGA model"):
+        DgaModel.load(junk)

@@ -122,7 +122,8 @@ def test_state_stays_flat_under_a_flood_of_unique_names():
     are kept (least recently seen evicted). The estimates stay within 20% of the truth."""
     from detector.detect import flood
     from detector.events import DnsEvent, Question
-    from detector.pipeline.enrich import enrich
+    from detector.pipeline.enrich import Enricher
+    enrich = Enricher()
     from detector.ruleset import load_rules
 
     rules = load_rules(["rules/flood.yaml"])

@@ -14,7 +14,7 @@ from detector.capture.pcap import PcapReader
 from detector.detect.base import Detector, entity_of, register
 from detector.events import event_from_wire, event_to_wire
 from detector.paths import REPO, bundled
-from detector.pipeline.enrich import _EXTRACT, split_domain
+from detector.dns.names import _EXTRACT, split_domain
 from detector.pipeline.run import Pipeline
 from detector.ruleset import Rule, RuleSet, Allowlist, load_rules
 

@@ -160,7 +160,7 @@ def test_state_is_bounded_under_a_random_subdomain_flood():
         ts += 0.0001
         name = f"{rnd.getrandbits(60):x}.flood.example" if i % 2 else f"x{i}.d{i}.example"
         ev = DnsEvent(ts, "udp", 4, f"10.{i % 7}.0.1", 1000, "10.0.0.53", 53, 1, 0x0100, 0, [Question(name, 1, 1)])
-        from detector.pipeline.enrich import split_domain
+        from detector.dns.names import split_domain
         ev.subdomain, ev.registered_domain, ev.suffix = split_domain(name)
         det.process(ev)
     assert len(det.state) <= 5000 and det.evicted > 90_000

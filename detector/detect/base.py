@@ -80,6 +80,8 @@ class Detector:
         self.rule = rule
         self.rules = rules
         self.p: dict[str, Any] = {**self.params, **rule.thresholds}
+        self._own_allow = None if rule.allowlist.empty else rule.allowlist
+        self._own_names: dict[str, bool] = {}
 
     def process(self, ev: DnsEvent) -> list[Finding]:  # pragma: no cover - interface
         raise NotImplementedError
@@ -121,12 +123,32 @@ class Detector:
         )
 
     def allowed(self, ev: DnsEvent) -> bool:
-        """True when the rule's or the global allowlist covers this event."""
-        return self.rule.allowlist.covers(ev) or self.rules.allowlist.covers(ev)
+        """True when the rule's or the global allowlist covers this event. The global
+        verdict was set once by enrichment (an event not enriched, with no entity, is
+        judged here); the rule's own domain verdict is cached per name."""
+        if ev.allowed:
+            return True
+        own = self._own_allow
+        if own is not None:
+            q = ev.questions[0].name if ev.questions else ""
+            cache = self._own_names
+            v = cache.get(q)
+            if v is None:
+                if len(cache) >= 1 << 16:
+                    cache.clear()
+                v = cache[q] = own.covers_domain(q)
+            if v or (own.processes and own.covers_process(ev)) or (
+                    own.clients and own.covers_client(ev.dst_ip if ev.flags & 0x8000 else ev.src_ip)):
+                return True
+        return not ev.entity and self.rules.allowlist.covers(ev)
 
 
 def entity_of(ev: DnsEvent) -> str:
-    """Who is behind an event: the process when known, else the client address."""
+    """Who is behind an event: the process when known, else the client address
+    (set once per event by enrichment; computed here for an event not enriched)."""
+    e = ev.entity
+    if e:
+        return e
     p = ev.process
     if p is not None and p.pid:
         return f"{p.comm or '?'}[{p.pid}]"

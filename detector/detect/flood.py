@@ -52,7 +52,7 @@ from functools import lru_cache
 from detector.detect.base import Detector, entity_of, register
 from detector.detect.resolvers import MULTICAST_DNS_PORTS
 from detector.events import DnsEvent, Finding
-from detector.pipeline.enrich import known_suffix
+from detector.dns.names import known_suffix
 
 NXDOMAIN, SERVFAIL = 3, 2
 EXACT = 48  # distinct names kept exactly per half-window before switching to HyperLogLog

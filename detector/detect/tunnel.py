@@ -37,7 +37,7 @@ from collections import Counter, OrderedDict
 
 from detector.detect.base import Detector, entity_of, register
 from detector.events import DnsEvent, Finding
-from detector.pipeline.enrich import known_suffix
+from detector.dns.names import known_suffix
 
 #: record types that carry data well; CNAME/MX count half (common in normal use)
 DATA_TYPES = {16: "TXT", 10: "NULL", 65399: "PRIVATE", 25: "KEY", 255: "ANY", 99: "SPF"}

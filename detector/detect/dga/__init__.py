@@ -99,7 +99,7 @@ def shape_of(label: str) -> str:
 class _Entity:
     """One client's or process's window: NXDOMAIN names, answer counts, resolved names."""
 
-    __slots__ = ("nx_names", "resolved", "halves", "active")
+    __slots__ = ("nx_names", "resolved", "halves", "active", "suspicious")
 
     def __init__(self, ts: float) -> None:
         # registered domain -> (ts, score, label length, shape, tld)
@@ -114,6 +114,7 @@ class _Entity:
         # shape drifts as names accumulate stays one campaign.
         # (key, names, ts, TLDs, lowest score, min length, max length)
         self.active: tuple | None = None
+        self.suspicious = 0  # nx_names scored at or above the storm threshold
 
 
 @register
@@ -155,6 +156,9 @@ class Dga(Detector):
         self.skipped: dict[str, int] = {}
         self.half = float(self.p["window"]) / 2
         self.save_errors = 0
+        self._names: dict[str, tuple[str | None, str]] = {}  # name as sent -> (excluded why, key)
+        self.scores: dict[str, float] = {}  # scored name -> model score (bounded)
+        self._info: dict[str, tuple[int, str, str]] = {}  # scored name -> (label length, shape, TLD)
 
     @staticmethod
     def check_rule(rule) -> str | None:
@@ -173,32 +177,47 @@ class Dga(Detector):
     def process(self, ev: DnsEvent) -> list[Finding]:
         kind = ev.kind
         rcode = ev.rcode
+        ent = None
         if kind == "response":
-            ent = self._entity(entity_of(ev), ev.ts)
+            ent = self._entity(ev.entity or entity_of(ev), ev.ts)
             h = self._half(ent, ev.ts)
             h[1] += 1
             if rcode == NXDOMAIN:
                 h[2] += 1
             elif not (rcode == NOERROR and ev.ancount and ev.registered_domain):
                 return []
-        name = ev.qname.lower().rstrip(".")
-        why = excluded(name)
+        # per distinct name, once: why it is not scored, else the name the model scores
+        # (the registered domain: www.x.com and x.com are one name to it; under a
+        # dynamic-DNS parent, the label below it); the score cache and the
+        # prevalence table are keyed by it
+        q = ev.questions[0].name if ev.questions else ""
+        r = self._names.get(q)
+        if r is None:
+            name = q.lower().rstrip(".")
+            why = excluded(name)
+            key = "" if why is not None else scored_domain(name, ev.registered_domain, ev.subdomain)
+            if why is None and self.rule.allowlist.covers_domain(name):
+                why = "allowlisted"
+            if len(self._names) >= 1 << 16:
+                self._names.clear()
+            r = self._names[q] = (why, key)
+        why, key = r
         if why is None and self.allowed(ev):
             why = "allowlisted"
         if why is not None:
             self.skipped[why] = self.skipped.get(why, 0) + 1
             return []
-        # Score the registered domain (what the model is trained on: www.x.com and x.com
-        # are one name to it; under a dynamic-DNS parent, the label below it), so the
-        # score cache and the prevalence table are keyed by it.
-        key = scored_domain(name, ev.registered_domain, ev.subdomain)
         if kind == "response":
             if rcode == NXDOMAIN:
-                self.prevalence.observe_nx(key, ev.client[0], ev.ts)
+                self.prevalence.observe_nx(key, ev.dst_ip, ev.ts)  # a response goes to its client
             else:
-                self.prevalence.observe(key, ev.client[0], ev.ts)
+                self.prevalence.observe(key, ev.dst_ip, ev.ts)
                 if len(ent.nx_names) < 3:
                     return []  # a resolved name matters only as a C2 candidate of a walk
+        else:
+            s = self.scores.get(key)
+            if s is not None and s < self.single:
+                return []  # a query alone is a finding only at the single-name threshold
         self.pending.append((ev, key))
         if len(self.pending) >= self.p["batch"]:
             return self._flush()
@@ -219,9 +238,13 @@ class Dga(Detector):
 
     def _flush(self) -> list[Finding]:
         batch, self.pending = self.pending, []
-        scores = self.model.score_many([n for _, n in batch])
+        scores = self.model.score_many([n for _, n in batch], explain=False)
+        known = self.scores
+        if len(known) >= 1 << 17:
+            known.clear()
         out: list[Finding] = []
         for (ev, name), (score, top) in zip(batch, scores):
+            known[name] = score
             out.extend(self._judge(ev, name, score, top))
         return out
 
@@ -230,20 +253,26 @@ class Dga(Detector):
         if self.prevalence.prevalent(reg, self.p["prevalent_clients"], self.p["prevalent_days"]):
             self.skipped["prevalent"] = self.skipped.get("prevalent", 0) + 1
             return []
-        entity = entity_of(ev)
+        entity = ev.entity or entity_of(ev)
         if ev.kind == "query":
             if score < self.single:
                 return []
+            top = self.model.score(reg)[1]
             feats = {"dga_score": round(score, 4), "top_features": dict(top), "label": split_label(reg)[0],
                      "nxdomain": False, "threshold": round(self.single, 4), "count": 1,
                      "prevalence": {"clients": self.prevalence.clients(reg), "days": self.prevalence.days(reg)}}
             return [self.finding(ev, score=score, entity=entity, domain=reg, features=feats,
                                  reason=f"{reg} looks machine-generated (DGA score {score:.3f}, "
                                         f"above every popular name) and is not prevalent")]
-        label, _, tld = split_label(reg)
+        info = self._info.get(reg)
+        if info is None:  # per distinct name, once: the label's length and shape, the TLD
+            label, _, tld = split_label(reg)
+            if len(self._info) >= 1 << 16:
+                self._info.clear()
+            info = self._info[reg] = (len(label), shape_of(label), tld)
         ent = self._entity(entity, ev.ts)
         horizon = ev.ts - self.p["window"]
-        rec = (ev.ts, score, len(label), shape_of(label), tld)
+        rec = (ev.ts, score, *info)
         if ev.rcode != NXDOMAIN:
             # a non-prevalent name that resolved while the entity walks NXDOMAIN names:
             # a C2 candidate, whatever its score (a wordlist family's C2 scores like an
@@ -260,23 +289,39 @@ class Dga(Detector):
                 return self._campaign(ev, entity, ent, c2=reg)  # the open campaign's C2 resolved
             return []
         names = ent.nx_names
-        names.pop(reg, None)
+        nx = self.nx
+        old = names.pop(reg, None)
+        if old is not None and old[1] >= nx:
+            ent.suspicious -= 1
         names[reg] = rec
-        while names and (next(iter(names.values()))[0] < horizon or len(names) > self.p["max_names"]):
-            names.popitem(last=False)
+        if score >= nx:
+            ent.suspicious += 1
+        max_names = self.p["max_names"]
+        while names and (next(iter(names.values()))[0] < horizon or len(names) > max_names):
+            if names.popitem(last=False)[1][1] >= nx:
+                ent.suspicious -= 1
         return self._campaign(ev, entity, ent)
 
     def _campaign(self, ev: DnsEvent, entity: str, ent: _Entity, c2: str = "") -> list[Finding]:
         names = ent.nx_names
         n = len(names)
-        if n < min(self.p["min_distinct"], self.p["min_nx_names"]):
+        p = self.p
+        if n < min(p["min_distinct"], p["min_nx_names"]):
             return []
-        suspicious = [k for k, v in names.items() if v[1] >= self.nx]
+        a = ent.active
+        if a is not None and ev.ts - a[2] > p["window"]:
+            a = None
+        if not (a is None or n >= 2 * a[1] or c2):
+            return []  # reported; the alert is updated when the campaign doubles or its C2 resolves
         answers = sum(h[1] for h in ent.halves)
         nx = sum(h[2] for h in ent.halves)
         ratio = nx / answers if answers else 0.0
-        by_score = len(suspicious) >= self.p["min_distinct"]
-        own = {k: v for k, v in names.items() if self.prevalence.nx_clients(k) < self.p["shared_nx_clients"]}
+        by_score = ent.suspicious >= p["min_distinct"]
+        if not by_score and (n < p["min_nx_names"] or ratio < p["min_nx_ratio"]):
+            return []  # cheap counters first: no path to a campaign
+        suspicious = [k for k, v in names.items() if v[1] >= self.nx]
+        own = {} if by_score else {
+            k: v for k, v in names.items() if self.prevalence.nx_clients(k) < p["shared_nx_clients"]}
         if by_score:  # the generator is what the suspicious names have in common
             shape, alike = self._dominant_shape({k: names[k] for k in suspicious})
             matched = "score"
@@ -291,12 +336,7 @@ class Dga(Detector):
                 alike, matched = list(own), "volume"
         else:
             return []
-        a = ent.active
-        if a is not None and ev.ts - a[2] > self.p["window"]:
-            a = None
         fresh = a is None
-        if not (fresh or n >= 2 * a[1] or c2):
-            return []  # reported; the alert is updated when the campaign doubles or its C2 resolves
         key = ("volume" if matched == "volume" else shape["alphabet"]) if fresh else a[0]
         members = [names[k] for k in alike]
         lens = sorted(v[2] for v in members)

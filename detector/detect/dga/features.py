@@ -311,7 +311,7 @@ def _max_run(flag: np.ndarray) -> np.ndarray:
 
 def split_label(name: str) -> tuple[str, str, str]:
     """(label scored, subdomain left of it, top-level suffix) for a DNS name."""
-    from detector.pipeline.enrich import split_domain
+    from detector.dns.names import split_domain
 
     sub, reg, suffix = split_domain(name)
     label = reg[: len(reg) - len(suffix) - 1] if suffix and reg.endswith("." + suffix) else reg.split(".")[0]
@@ -499,7 +499,7 @@ def _shared_parents() -> frozenset[str]:
     except OSError:
         pass
     try:
-        from detector.pipeline.enrich import _EXTRACT, split_domain
+        from detector.dns.names import _EXTRACT, split_domain
 
         for r in _EXTRACT._get_tld_extractor().tlds(include_psl_private_domains=True):
             r = r.lower().lstrip("*.!")
@@ -521,7 +521,7 @@ def scored_domain(name: str, registered: str = "", sub: str = "") -> str:
     (``abc123.duckdns.org``), since that label is what a DGA would generate there.
     ``registered`` and ``sub`` are the enrich stage's split, when already known."""
     if not registered:
-        from detector.pipeline.enrich import split_domain
+        from detector.dns.names import split_domain
 
         sub, registered, _ = split_domain(name)
     if sub and registered in _SHARED:
@@ -537,7 +537,7 @@ def split_many(names: list[str]) -> tuple[list[str], list[str], list[str]]:
     ``x.duckdns.org``), the registered label is the second-to-last label and
     no per-name suffix walk is needed; every other name takes the full path.
     """
-    from detector.pipeline.enrich import suffix_is_tld
+    from detector.dns.names import suffix_is_tld
 
     labels, subs, tlds = [], [], []
     la, sa, ta = labels.append, subs.append, tlds.append

@@ -1,0 +1,105 @@
+"""DNS names: the public suffix and the registered domain, from tldextract's bundled list.
+
+tldextract is built with ``suffix_list_urls=()`` and no cache dir, so it never
+touches the network or the disk: the Public Suffix List snapshot shipped inside
+the package is the only source. Its ICANN rules are loaded once into sets and
+matched here label by label (the PSL algorithm: longest rule, wildcards,
+exceptions), which is several times faster than calling tldextract per name;
+tests check both agree. Results are cached per name (bounded).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import tldextract
+
+_EXTRACT = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None, fallback_to_snapshot=True)
+
+
+def _ascii_label(label: str) -> str:
+    if label.isascii():
+        return label
+    try:
+        return "xn--" + label.encode("punycode").decode("ascii")
+    except UnicodeError:
+        return label
+
+
+def _load_psl() -> tuple[frozenset[str], frozenset[str], frozenset[str], frozenset[str]]:
+    rules, wild, exc = set(), set(), set()
+    for rule in _EXTRACT._get_tld_extractor().tlds(include_psl_private_domains=False):
+        rule = rule.lower()
+        forms = {rule, ".".join(_ascii_label(x) for x in rule.split("."))}
+        for r in forms:
+            if r.startswith("!"):
+                exc.add(r[1:])
+            elif r.startswith("*."):
+                wild.add(r[2:])
+            else:
+                rules.add(r)
+    nodes = set()
+    for r in rules | wild | exc:
+        labels = r.split(".")
+        for i in range(len(labels)):
+            nodes.add(".".join(labels[i:]))
+    return frozenset(rules), frozenset(wild), frozenset(exc), frozenset(nodes)
+
+
+_RULES, _WILD, _EXC, _NODES = _load_psl()
+
+
+def suffix_depth(labels: list[str]) -> int:
+    """How many labels at the right of ``labels`` form the public suffix (0: none)."""
+    n = len(labels)
+    best = 0
+    s = ""
+    for i in range(n - 1, -1, -1):
+        parent = s
+        s = labels[i] + "." + s if s else labels[i]
+        if s in _EXC:
+            return n - i - 1
+        if s in _RULES or (parent and parent in _WILD):
+            best = n - i
+        if s not in _NODES:
+            break
+    return best
+
+
+def suffix_is_tld(last_two: str, tld: str) -> bool:
+    """True when, for a name ending in ``last_two`` (``label.tld``), the public suffix
+    is exactly ``tld``: no longer rule (``co.uk``, ``*.ck``) can apply, so the
+    registered domain is ``last_two`` without walking the labels."""
+    return tld in _RULES and last_two not in _NODES and tld not in _WILD
+
+
+def known_suffix(suffix: str) -> bool:
+    """True when ``suffix`` is a public suffix of the bundled list (ICANN section)."""
+    return suffix in _RULES or suffix.partition(".")[2] in _WILD
+
+
+@lru_cache(maxsize=65536)
+def split_domain(name: str) -> tuple[str, str, str]:
+    """Return (subdomain, registered_domain, suffix) for a DNS name.
+
+    >>> split_domain("a.b.example.co.uk")
+    ('a.b', 'example.co.uk', 'co.uk')
+
+    Names with no public suffix (``printer.local``, ``localhost``) keep the last
+    label as the registered domain so per-domain state still groups them.
+    """
+    n = name.lower().rstrip(".")
+    if not n:
+        return "", "", ""
+    if n.endswith(".in-addr.arpa") or n.endswith(".ip6.arpa"):
+        return n, "in-addr.arpa" if n.endswith("in-addr.arpa") else "ip6.arpa", "arpa"
+    labels = n.split(".")
+    k = len(labels)
+    d = suffix_depth(labels)
+    if 0 < d < k:
+        return ".".join(labels[:k - d - 1]), ".".join(labels[k - d - 1:]), ".".join(labels[k - d:])
+    if k == 1:
+        return "", n, ""
+    if d >= k:  # the name is itself a public suffix
+        return "", n, n
+    return ".".join(labels[:-2]), ".".join(labels[-2:]), labels[-1]
