@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 
 from detector import errors
@@ -89,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
                "kafka": outputs.kafka.counters(), "seconds": round(res.seconds, 3),
                # from the first record to the last batch done: throughput without join and idle time
                "active_seconds": round(res.last - res.first, 3) if res.first is not None else 0.0,
-               "first_record_unix": source.first_unix, "last_record_unix": source.last_unix}
+               "first_record_unix": source.first_unix, "last_record_unix": source.last_unix,
+               "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     if not args.quiet:
         print_summary("consume summary", [("group", args.group), ("partitions", sorted(lanes.seen)),
                                           ("events processed", f"{source.processed:,}"),

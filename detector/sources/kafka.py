@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 from detector import errors
 from detector.errors import DetectorError
-from detector.events import WireVersionError, events_from_record, wire_type_error
+from detector.events import WireVersionError, events_from_record, wire_type_error, wire_types_ok
 from detector.sources.base import Batch, Source
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ class KafkaSource(Source):
             try:
                 evs = events_from_record(_loads(m.value))
                 for ev in evs:
-                    if wire_type_error(ev):  # a number where a name belongs, ...: not ours to run
+                    if not wire_types_ok(ev):  # a number where a name belongs, ...: not ours to run
                         raise TypeError(wire_type_error(ev))
                 out += evs
             except WireVersionError as e:
