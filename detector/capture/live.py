@@ -318,9 +318,10 @@ class LiveCapture:
         self._last_backlog = 0
         self._next_control = 0.0
         self._closed_counters: list[int] | None = None
-        self.stats = {"packets": 0, "dns_messages": 0, "parse_errors": 0, "truncated_copies": 0,
+        self._stats_t = 0.0
+        self._stats = {"packets": 0, "dns_messages": 0, "parse_errors": 0, "truncated_copies": 0,
                       "connects": 0, "stub_linked": 0, "duplicate_copies": 0,
-                      "short_payloads": 0, "sampled_out": 0, "shed_backlog": 0, "shed_level": 0,
+                      "short_payloads": 0, "sampled_out": 0, "ring_records": 0, "backlog": 0, "shed_backlog": 0, "shed_level": 0,
                       "discarded_at_stop": 0}
         # the last DUP_WINDOW seconds of messages, in two generations: identity -> (ts, event)
         self._dup_cur: dict = {}
@@ -353,17 +354,31 @@ class LiveCapture:
         return out
 
     @property
+    def stats(self) -> dict[str, int]:
+        """Counters: this side's, and the kernel's (refreshed at most 4 times a second)."""
+        now = time.monotonic()
+        if now - self._stats_t > 0.25 and self._closed_counters is None:
+            self._stats_t = now
+            try:
+                self._refresh_stats()
+            except Exception:  # noqa: BLE001 - the maps are gone: keep the last values
+                pass
+        return self._stats
+
+    @property
     def lost(self) -> int:
         """Records the kernel could not write: the ring buffer was full."""
         return self.counters()[C_LOST]
 
     def _refresh_stats(self) -> list[int]:
         c = self.counters()
-        st = self.stats
+        st = self._stats
         st["short_payloads"] = c[C_SHORT]
         st["sampled_out"] = c[C_SAMPLED]
         st["shed_backlog"] = self._shed_backlog
         st["shed_level"] = self._shed_level
+        st["ring_records"] = c[C_SENT]
+        st["backlog"] = self._drained - self._parsed
         return c
 
     # --- reading ----------------------------------------------------------------
@@ -461,7 +476,7 @@ class LiveCapture:
         pinfo = self._pinfo
         a4, a6 = self._addr4, self._addr6
         ntop = socket.inet_ntop
-        st = self.stats
+        st = self._stats
         packets = msgs = trunc = dups = perr = 0
         dup_cur, dup_prev = self._dup_cur, self._dup_prev
         append = out.append
@@ -558,16 +573,16 @@ class LiveCapture:
             self._dup_prev, self._dup_cur = self._dup_cur, {}
         seen = self._dup_cur.get(key) or self._dup_prev.get(key)
         if seen is not None and ts - seen[0] <= DUP_WINDOW:
-            self.stats["duplicate_copies"] += 1
+            self._stats["duplicate_copies"] += 1
             self._copy_seen(seen[1], proc, direction)
             return None
         try:
             ev: DnsEvent = decode(payload, ts, transport, ipv, src, sport, dst, dport)
         except DnsParseError:
-            self.stats["parse_errors"] += 1
+            self._stats["parse_errors"] += 1
             return None
         self._dup_cur[key] = (ts, ev)
-        self.stats["dns_messages"] += 1
+        self._stats["dns_messages"] += 1
         ev.process = proc
         if not ev.qr and ev.questions:
             self._link(ev)
@@ -606,7 +621,7 @@ class LiveCapture:
             a = hit[1]
             ev.cause = {"pid": a.pid, "comm": a.comm, "exe": a.exe, "uid": a.uid,
                         "container_id": a.container_id}
-            self.stats["stub_linked"] += 1
+            self._stats["stub_linked"] += 1
 
     def _process(self, okey: bytes) -> ProcessInfo | None:
         """struct owner bytes -> ProcessInfo, cached (exe and container id from /proc)."""
@@ -642,7 +657,7 @@ class LiveCapture:
         self._ov_next = mono + OVERLOAD_EVERY
         total = sum(cur)
         shed = d_sampled + d_backlog + d_lost
-        sent = self.stats["packets"]
+        sent = self._stats["packets"]
         revise = total >= 2 * self._ov_reported
         if revise:
             self._ov_reported = total
@@ -699,7 +714,7 @@ class LiveCapture:
                 self._closed_counters = [0] * C_MAX
             left = sum(len(o) for _, o in self.queue)
             self.queue.clear()
-            self.stats["discarded_at_stop"] += left
+            self._stats["discarded_at_stop"] += left
         if self.ring is not None and (self._reader is None or not self._reader.is_alive()):
             self.ring.close()
             self.ring = None
