@@ -23,6 +23,7 @@ class Denylist(Detector):
     def __init__(self, rule, rules) -> None:
         super().__init__(rule, rules)
         self.domains = frozenset(_names(rule))
+        self._hits: dict[str, str | None] = {}  # name as sent -> listed domain it is under
 
     @staticmethod
     def check_rule(rule) -> str | None:
@@ -37,27 +38,34 @@ class Denylist(Detector):
         return None
 
     def process(self, ev: DnsEvent) -> list[Finding]:
-        name = ev.qname.lower().rstrip(".")
-        if not name:
-            return []
-        hit = None
-        doms = self.domains
-        if name in doms:
-            hit = name
-        else:
-            i = name.find(".")
-            while i >= 0:
-                tail = name[i + 1:]
-                if tail in doms:
-                    hit = tail
-                    break
-                i = name.find(".", i + 1)
+        q = ev.questions[0].name if ev.questions else ""
+        hit = self._hits.get(q, 0)
+        if hit == 0:  # once per distinct name: the listed domain it is under, or None
+            hit = self._listed(q.lower().rstrip("."))
+            if len(self._hits) >= 1 << 16:
+                self._hits.clear()
+            self._hits[q] = hit
         if hit is None or self.allowed(ev):
             return []
+        name = q.lower().rstrip(".")
         return [self.finding(
             ev, score=1.0, entity=entity_of(ev), domain=ev.registered_domain or hit,
             features={"listed": hit, "qtype": ev.qtype},
             reason=f"query for {name}, which is under the denylisted {hit}")]
+
+    def _listed(self, name: str) -> str | None:
+        if not name:
+            return None
+        doms = self.domains
+        if name in doms:
+            return name
+        i = name.find(".")
+        while i >= 0:
+            tail = name[i + 1:]
+            if tail in doms:
+                return tail
+            i = name.find(".", i + 1)
+        return None
 
 
 def _names(rule) -> list[str]:

@@ -16,8 +16,7 @@ When a window closes with at least
 * failure rate (timeouts + SERVFAIL) above ``fail_warn`` is a warning,
   above ``fail_crit`` critical.
 
-:meth:`Health.snapshot` gives the current per-resolver figures for metrics
-and ``detector top``.
+``Health.last`` holds the figures of each resolver's last closed window.
 """
 
 from __future__ import annotations
@@ -26,11 +25,11 @@ import math
 import random
 from collections import OrderedDict
 
-from detector.detect.base import Detector, register
+from detector.detect.base import Detector, entity_of, register
 from detector.detect.resolvers import MULTICAST_DNS_PORTS, not_a_resolver
+from detector.dns.constants import FLAG_QR, SERVFAIL
 from detector.events import DnsEvent, Finding
 
-SERVFAIL = 2
 SAMPLE = 2048  # latencies kept per key per window (reservoir)
 
 
@@ -87,7 +86,8 @@ class Health(Detector):
             out = self.tick(ev.ts)
         if ev.dst_port in MULTICAST_DNS_PORTS or ev.src_port in MULTICAST_DNS_PORTS:
             return out  # mDNS / LLMNR: answered by peers, if at all
-        srv = ev.server[0]
+        qr = ev.flags & FLAG_QR
+        srv = ev.src_ip if qr else ev.dst_ip
         uni = self._unicast.get(srv)
         if uni is None:
             if len(self._unicast) > 65536:
@@ -95,34 +95,33 @@ class Health(Detector):
             uni = self._unicast[srv] = not not_a_resolver(srv)
         if not uni:
             return out
-        keys = [("", srv)]
-        if self._per_process:
-            p = ev.process
-            keys.append((f"{p.comm or '?'}[{p.pid}]" if p is not None and p.pid else ev.client[0], srv))
         timeout = ev.kind == "unanswered"
-        for k in keys:
-            w = self.wins.get(k)
+        servfail = ev.rcode == SERVFAIL
+        lat = ev.latency
+        wins = self.wins
+        for k in ((("", srv), (ev.entity or entity_of(ev), srv)) if self._per_process else (("", srv),)):
+            w = wins.get(k)
             if w is None:
-                w = self.wins[k] = _Win()
-                if len(self.wins) > self._max_keys:
-                    self.wins.popitem(last=False)
+                w = wins[k] = _Win()
+                if len(wins) > self._max_keys:
+                    wins.popitem(last=False)
             w.n += 1
             w.ev = ev
             if timeout:
                 w.fail += 1
                 w.timeouts += 1
                 continue
-            if ev.rcode == SERVFAIL:
+            if servfail:
                 w.fail += 1
                 w.servfail += 1
-            if ev.latency is not None:
+            if lat is not None:
                 w.seen += 1
                 if len(w.lat) < SAMPLE:
-                    w.lat.append(ev.latency)
+                    w.lat.append(lat)
                 else:
                     j = int(self._rand() * w.seen)  # reservoir sampling (Algorithm R)
                     if j < SAMPLE:
-                        w.lat[j] = ev.latency
+                        w.lat[j] = lat
         return out
 
     def tick(self, now: float) -> list[Finding]:
@@ -176,14 +175,6 @@ class Health(Detector):
         return [self.finding(
             w.ev, score=score, entity=ent or srv, domain=srv, features=f, severity=sev, ts=now,
             reason=f"{who}: " + "; ".join(problems) + f" over {p['window']:.0f} s")]
-
-    def snapshot(self) -> dict[str, dict]:
-        """Per resolver: figures of the open window (or the last closed one)."""
-        out = dict(self.last)
-        for (ent, srv), w in self.wins.items():
-            if not ent and w.n:
-                out[srv] = self._figures(w)
-        return out
 
 
 def _ms(x: float | None) -> float | None:

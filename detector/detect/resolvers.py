@@ -189,6 +189,7 @@ class ResolverBypass(Detector):
         self.hosts, self.ips = load_doh_lists(rule.params.get("doh_lists", []) or [])
         self.dot_ports = frozenset(int(p) for p in self.p["dot_ports"])
         self.learned: dict[str, str] = {}  # address -> the DoH hostname it answered for
+        self._hits: dict[str, str | None] = {}  # name as sent -> DoH host it is under
 
     @staticmethod
     def check_rule(rule) -> str | None:
@@ -200,18 +201,16 @@ class ResolverBypass(Detector):
     def process(self, ev: DnsEvent) -> list[Finding]:
         if ev.kind == "response" and not ev.answers:
             return []
-        name = ev.qname.lower().rstrip(".")
-        hosts = self.hosts
-        hit = name if name in hosts else None
-        if hit is None:
-            i = name.find(".")
-            while i >= 0 and hit is None:
-                tail = name[i + 1:]
-                if tail.count(".") >= 1 and tail in hosts:
-                    hit = tail
-                i = name.find(".", i + 1)
+        q = ev.questions[0].name if ev.questions else ""
+        hit = self._hits.get(q, 0)
+        if hit == 0:  # once per distinct name: the DoH host it is (or is under), or None
+            hit = self._doh_host(q.lower().rstrip("."))
+            if len(self._hits) >= 1 << 16:
+                self._hits.clear()
+            self._hits[q] = hit
         if hit is None:
             return []
+        name = q.lower().rstrip(".")
         if ev.kind == "response":
             for a in ev.answers:
                 if a.rtype in (1, 28) and a.data not in self.ips:
@@ -228,6 +227,18 @@ class ResolverBypass(Detector):
             features={"method": "doh-bootstrap", "qname": name, "listed": hit},
             reason=f"{ent} looked up {name}, a known DNS-over-HTTPS endpoint: "
                    "its DNS is about to bypass the allowed resolvers")]
+
+    def _doh_host(self, name: str) -> str | None:
+        hosts = self.hosts
+        if name in hosts:
+            return name
+        i = name.find(".")
+        while i >= 0:
+            tail = name[i + 1:]
+            if tail.count(".") >= 1 and tail in hosts:
+                return tail
+            i = name.find(".", i + 1)
+        return None
 
     def process_conn(self, c: ConnEvent) -> list[Finding]:
         if c.dst_port in self.dot_ports:

@@ -43,6 +43,9 @@ from detector.dns.names import known_suffix
 DATA_TYPES = {16: "TXT", 10: "NULL", 65399: "PRIVATE", 25: "KEY", 255: "ANY", 99: "SPF"}
 HALF_TYPES = {5: "CNAME", 15: "MX", 33: "SRV"}
 UNREGISTERED = "(no public suffix)"
+#: distinct subdomains under one (entity, domain) before it gets a window (a name
+#: with an encoded payload opens one at once)
+OPEN_AT = 4
 _LOCAL = (".local", ".internal", ".lan", ".home", ".localdomain", ".arpa", ".localhost", ".corp")
 _HOSTCHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
 _HEX = frozenset("0123456789abcdef")
@@ -228,44 +231,59 @@ class _Base(Detector):
         self.rejudge = max(1, int(p["rejudge_after"]))
         self.state: OrderedDict[tuple[str, str], _State] = OrderedDict()
         self.evicted = 0
-        self._allow_cache: dict[str, bool] = {}
+        self._names: dict[str, tuple[str, str] | None] = {}  # name as sent -> (domain, sub) | None
+        self.early: OrderedDict[tuple[str, str], dict[str, str]] = OrderedDict()
         self.single = self.name == "tunnel" and p["single_label_len"] > 0
         self.small_half = 0.0  # exfil's small gate (half of small_window; 0: off)
 
     # --- input ------------------------------------------------------------------
-    def process(self, ev: DnsEvent) -> list[Finding]:
-        if not ev.questions:
-            return []
-        dom = ev.registered_domain
-        sub = ev.subdomain
-        sfx = ev.suffix
+    def _target(self, q: str, dom: str, sub: str, sfx: str) -> tuple[str, str] | None:
+        """(domain, subdomain) a name is counted under, or None: not a host name or
+        allowlisted. Once per distinct name (cached by the caller)."""
         if not dom or (sfx and (len(sfx) > 12 or not sfx.isalpha()) and not known_suffix(sfx)):
             # No public suffix (dnscat2's "dnscat.<hex>" direct mode, made-up TLDs):
             # pool such names per entity, except local and service-discovery names.
-            name = ev.questions[0].name.lower()
+            name = q.lower()
             if "." not in name or name.endswith(_LOCAL) or name.startswith("_") or "._" in name \
                     or not _HOSTCHARS.issuperset(name):
-                return []  # not a host name (URL-like junk from lists, escapes): not pooled
+                return None  # not a host name (URL-like junk from lists, escapes): not pooled
             dom, sub = UNREGISTERED, name
-        allowed = self._allow_cache.get(dom)
-        if allowed is None:
-            if len(self._allow_cache) > 100_000:
-                self._allow_cache.clear()
-            allowed = self._allow_cache[dom] = (self.rule.allowlist.covers_domain(dom)
-                                                 or self.rules.allowlist.covers_domain(dom)
-                                                 or dom.endswith(".arpa"))
-        if allowed:
+        if self.rule.allowlist.covers_domain(dom) or self.rules.allowlist.covers_domain(dom) \
+                or dom.endswith(".arpa"):
+            return None
+        return dom, sub
+
+    def process(self, ev: DnsEvent) -> list[Finding]:
+        if not ev.questions:
             return []
-        key = (entity_of(ev), dom)
+        q = ev.questions[0].name
+        t = self._names.get(q, 0)
+        if t == 0:
+            t = self._target(q, ev.registered_domain, ev.subdomain, ev.suffix)
+            if len(self._names) >= 1 << 16:
+                self._names.clear()
+            self._names[q] = t
+        if t is None:
+            return []
+        dom, sub = t
+        key = (ev.entity or entity_of(ev), dom)
         st = self.state.get(key)
         ts = ev.ts
         if st is None:
             if not sub or ev.kind != "query":
                 return []  # a bare registered domain carries no data; responses join known keys
+            early = self._early(key, sub, q)
+            if early is None:
+                return []
             st = self.state[key] = _State(ts)
             if len(self.state) > self.max_keys:
                 self.state.popitem(last=False)
                 self.evicted += 1
+            for raw in early:  # the names seen before the window opened
+                cur = st.cur
+                cur.queries += 1
+                cur.uniq.add(raw.lower())
+                self._shape(cur, raw)
         else:
             self.state.move_to_end(key)
         cur = st.cur
@@ -312,6 +330,28 @@ class _Base(Detector):
         if self.single and payload > 0 and len(raw) >= self.p["single_label_len"]:
             return self._single(ev, key, st, raw)  # a new name: repeats were judged before
         return []
+
+    def _early(self, key: tuple[str, str], sub: str, q: str) -> list[str] | None:
+        """Before a key gets a window: most (entity, domain) pairs only ever ask a
+        few fixed names (www, mail, api) and need none. A window opens at the first
+        name that carries an encoded payload or at the ``OPEN_AT``-th distinct
+        subdomain; the names seen until then (as sent) are returned so the window
+        counts them. None: no window yet."""
+        seen = self.early.get(key)
+        if seen is not None and sub in seen:
+            return None
+        raw = q[:len(sub)]
+        if raw.lower() != sub:
+            raw = sub
+        if shape(raw)[3] <= 0 and (seen is None or len(seen) < OPEN_AT - 1):
+            if seen is None:
+                seen = self.early[key] = {}
+                if len(self.early) > self.max_keys:
+                    self.early.popitem(last=False)
+            seen[sub] = raw
+            return None
+        self.early.pop(key, None)
+        return list(seen.values()) if seen else []
 
     def _shape(self, h: _Half, sub: str) -> int:
         """Add a new name's shape to the half; return its payload bytes."""

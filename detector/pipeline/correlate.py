@@ -65,15 +65,6 @@ class Correlator:
             return self._expire_one()
         return None
 
-    def process(self, ev: DnsEvent) -> list[DnsEvent]:
-        """Return the events to pass on: expired queries first, then ``ev``."""
-        out = self.expire(ev.ts) if ev.ts >= self.next_expire else []
-        extra = self.pair(ev)
-        if extra is not None:
-            out.append(extra)
-        out.append(ev)
-        return out
-
     def expire(self, now: float) -> list[DnsEvent]:
         out: list[DnsEvent] = []
         limit = now - self.timeout
