@@ -266,3 +266,23 @@ def test_truncated_capture_processes_what_is_there_and_exits_3(data, tmp_path):
     assert len(json_lines(res.stdout)) > 150
     with pytest.raises(CaptureError):
         PcapReader(str(tmp_path / "nope.pcap"))
+
+
+def test_reader_gives_back_the_pages_it_has_read(tmp_path):
+    """A capture is mapped, and read pages are given back as the reader goes, so a
+    long capture does not end up resident in full; every packet is still read."""
+    from detector.capture.pcap import RELEASE_BYTES, PcapReader
+    from detector.capture.pcapwrite import ETH4, PcapWriter, dns_query, ip4, udp
+
+    path = tmp_path / "big.pcap"
+    q = dns_query(1, "a-fairly-long-name-to-fill-the-capture.example.com")
+    frame = ETH4 + ip4(bytes([10, 0, 0, 1]), bytes([10, 0, 0, 53]), 17, udp(4000, 53, q))
+    n = 3 * RELEASE_BYTES // (len(frame) + 16) + 1
+    with open(path, "wb") as f:
+        w = PcapWriter(f)
+        for i in range(n):
+            w.write(1.0 + i * 1e-4, frame)
+    r = PcapReader(str(path))
+    assert sum(1 for _ in r) == n
+    assert r._released >= 2 * RELEASE_BYTES
+    r.close()

@@ -112,6 +112,7 @@ class PacketDecoder:
         self.dns_messages = 0
         self.unknown_linktypes: Counter[int] = Counter()
         self._last_expire = 0.0
+        self._a6: dict[bytes, str] = {}  # IPv6 address bytes -> text (bounded)
 
     # --- entry points -----------------------------------------------------------
     def frame(self, ts: float, linktype: int, data: bytes) -> list[DnsEvent]:
@@ -133,6 +134,20 @@ class PacketDecoder:
                         if 8 <= ulen <= end - 34 and end <= len(data):
                             self._dns(ts, "udp", 4, _ntoa(data[26:30]), sport, _ntoa(data[30:34]),
                                       dport, data[42:34 + ulen], out)
+                            return out
+                elif data[12] == 0x86 and data[13] == 0xDD and data[20] == 17 and data[14] >> 4 == 6:
+                    # Fast path: Ethernet, IPv6 with UDP as the first header, to a DNS port.
+                    sport = (data[54] << 8) | data[55]
+                    dport = (data[56] << 8) | data[57]
+                    if dport in self.ports or sport in self.ports:
+                        plen = (data[18] << 8) | data[19]
+                        ulen = (data[58] << 8) | data[59]
+                        if 8 <= ulen <= plen and 54 + plen <= len(data):
+                            a6 = self._a6
+                            s6, d6 = data[22:38], data[38:54]
+                            src = a6.get(s6) or self._ntop6(s6)
+                            dst = a6.get(d6) or self._ntop6(d6)
+                            self._dns(ts, "udp", 6, src, sport, dst, dport, data[62:54 + ulen], out)
                             return out
                 self._ether(ts, data, 0, out, 0)
             elif linktype in (LT_RAW, LT_RAW_OLD, LT_RAW_OLD2, LT_IPV4, LT_IPV6):
@@ -173,6 +188,13 @@ class PacketDecoder:
         except (struct.error, IndexError, ValueError, OSError):
             self.stats["truncated_packet"] += 1
         return out
+
+    def _ntop6(self, b: bytes) -> str:
+        a6 = self._a6
+        if len(a6) >= 65536:
+            a6.clear()
+        t = a6[b] = _ntop(_AF6, b)
+        return t
 
     def _inner(self, ts: float, linktype: int, data: bytes, out: list) -> list[DnsEvent]:
         self.packets -= 1  # the same packet, seen through an outer header

@@ -23,6 +23,7 @@ PCAP_MAGIC = {
     b"\xa1\xb2\x3c\x4d": (">", 1e-9),
 }
 PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
+RELEASE_BYTES = 8 << 20  # read pages given back in steps of this much
 
 
 class CaptureError(ValueError):
@@ -76,6 +77,7 @@ class PcapReader:
                 f"{path}: not a pcap or pcapng file (starts with {bytes(head).hex()})"
             )
         self.linktypes: list[int] = []
+        self._released = 0  # bytes at the start of the mapping given back (see _release)
         if self.format == "pcap":
             if self.size < 24:
                 raise CaptureError(f"{path}: pcap header cut short ({self.size} of 24 bytes)")
@@ -90,6 +92,19 @@ class PcapReader:
     def close(self) -> None:
         if isinstance(self.buf, mmap.mmap):
             self.buf.close()
+
+    def _release(self, off: int) -> None:
+        """Give back the pages of the mapping already read: a capture is read once,
+        front to back, and its mapped pages would otherwise count in this process's
+        resident memory (the whole file, by the end)."""
+        b = self.buf
+        done = off & ~(mmap.PAGESIZE - 1)
+        if isinstance(b, mmap.mmap) and done - self._released >= RELEASE_BYTES:
+            try:
+                b.madvise(mmap.MADV_DONTNEED, self._released, done - self._released)
+            except (OSError, ValueError, AttributeError):
+                return
+            self._released = done
 
     def _cut(self, detail: str) -> None:
         self.truncated = True
@@ -117,6 +132,8 @@ class PcapReader:
                 frame = buf[off + 16:end]
                 off = end
                 n += 1
+                if not n & 0x3FFF:
+                    self._release(off)
                 yield sec + frac * res, lt, frame
             if off != size:
                 self._cut(f"{size - off} stray bytes after the last record")
@@ -157,6 +174,8 @@ class PcapReader:
                         lt, tick = ifaces[iid]
                         n += 1
                         self.offset = off
+                        if not n & 0x3FFF:
+                            self._release(off)
                         yield ((th << 32) | tl) * tick, lt, buf[body + 20:body + 20 + caplen]
                     else:
                         self.skipped_blocks += 1
