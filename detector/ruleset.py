@@ -1,8 +1,10 @@
-"""Load and validate rules/*.yaml.
+"""Read rules/*.yaml: the rule and allowlist records and their YAML form.
 
 One YAML file holds one rule (pySigma style), or, with ``kind: allowlist``, the
-allowlist every rule shares. Every error names the file, the line and what is
-wrong, e.g.::
+allowlist every rule shares. This module knows the fields every rule has; what
+a rule's thresholds may be is its detector's business, checked next to the
+detectors (:mod:`detector.detect.registry`, whose ``load_rules`` reads and
+checks). Every error names the file, the line and what is wrong, e.g.::
 
     rules/dga.yaml:7: thresholds.score: expected a number between 0 and 1, got 'high'
 """
@@ -112,6 +114,8 @@ class Rule:
     description: str = ""
     enabled: bool = True
     source: str = ""
+    #: YAML line of each key ("detector", "thresholds.x", "" for the rule itself), for errors
+    lines: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclass
@@ -203,8 +207,6 @@ def _allowlist(path: str, node: yaml.Node, where: str) -> Allowlist:
 
 
 def _rule(path: str, node: yaml.Node) -> Rule:
-    from detector.detect.base import detector_class, detector_names
-
     m = _mapping(path, node, "")
     for k, (kn, _) in m.items():
         if k not in RULE_KEYS:
@@ -213,12 +215,9 @@ def _rule(path: str, node: yaml.Node) -> Rule:
     for req in ("id", "title", "detector", "severity", "technique"):
         if req not in m:
             raise RuleError(path, node.start_mark.line + 1, f"missing required key {req!r}")
+    lines = {"": node.start_mark.line + 1, "detector": m["detector"][1].start_mark.line + 1}
     rid = _str(path, "id", m["id"][1])
     det = _str(path, "detector", m["detector"][1])
-    cls = detector_class(det)
-    if cls is None:
-        raise RuleError(path, m["detector"][1].start_mark.line + 1,
-                        f"detector: unknown detector {det!r} (known: {', '.join(detector_names())})")
     sev = _str(path, "severity", m["severity"][1])
     if sev not in SEVERITIES:
         raise RuleError(path, m["severity"][1].start_mark.line + 1,
@@ -235,25 +234,9 @@ def _rule(path: str, node: yaml.Node) -> Rule:
     thresholds: dict[str, Any] = {}
     if "thresholds" in m:
         for k, (kn, vn) in _mapping(path, m["thresholds"][1], "thresholds.").items():
-            if k not in cls.params:
-                known = ", ".join(sorted(cls.params)) or "none"
-                raise RuleError(path, kn.start_mark.line + 1,
-                                f"thresholds.{k}: detector {det!r} has no such threshold (known: {known})")
-            v = _construct(vn)
-            default = cls.params[k]
-            if isinstance(default, (int, float)) and not isinstance(default, bool):
-                if isinstance(v, bool) or not isinstance(v, (int, float)):
-                    raise RuleError(path, vn.start_mark.line + 1,
-                                    f"thresholds.{k}: expected a number, got {v!r}")
-                if v < 0:
-                    raise RuleError(path, vn.start_mark.line + 1,
-                                    f"thresholds.{k}: must not be negative, got {v!r}")
-            elif isinstance(default, bool) and not isinstance(v, bool):
-                raise RuleError(path, vn.start_mark.line + 1,
-                                f"thresholds.{k}: expected true or false, got {v!r}")
-            elif isinstance(default, (list, tuple)) and not isinstance(v, list):
-                raise RuleError(path, vn.start_mark.line + 1, f"thresholds.{k}: expected a list")
-            thresholds[k] = v
+            thresholds[k] = _construct(vn)
+            lines[f"thresholds.{k}"] = vn.start_mark.line + 1
+            lines[f"thresholds.{k}:key"] = kn.start_mark.line + 1
     allow = _allowlist(path, m["allowlist"][1], "allowlist.") if "allowlist" in m else Allowlist()
     params = _construct(m["params"][1]) if "params" in m else {}
     if not isinstance(params, dict):
@@ -264,18 +247,14 @@ def _rule(path: str, node: yaml.Node) -> Rule:
         if not isinstance(enabled, bool):
             raise RuleError(path, m["enabled"][1].start_mark.line + 1, "enabled: expected true or false")
     desc = _str(path, "description", m["description"][1]) if "description" in m else ""
-    rule = Rule(rid, _str(path, "title", m["title"][1]), det, sev, tid, tname, thresholds,
-                allow, params, desc, enabled, path)
-    check = getattr(cls, "check_rule", None)
-    if check is not None:
-        problem = check(rule)
-        if problem:
-            raise RuleError(path, node.start_mark.line + 1, problem)
-    return rule
+    return Rule(rid, _str(path, "title", m["title"][1]), det, sev, tid, tname, thresholds,
+                allow, params, desc, enabled, path, lines)
 
 
-def load_rules(paths: list[str | os.PathLike[str]] | None = None) -> RuleSet:
-    """Load rule files or folders (default: the rules/ folder of this checkout)."""
+def read_rules(paths: list[str | os.PathLike[str]] | None = None) -> RuleSet:
+    """Read rule files or folders (default: the rules/ folder of this checkout).
+    The rules are not yet checked against their detectors: use
+    :func:`detector.detect.registry.load_rules`."""
     files: list[Path] = []
     for p in [Path(x) for x in (paths or [default_rules_dir()])]:
         if p.is_dir():

@@ -14,7 +14,7 @@ from detector.capture.layers import PacketDecoder
 from detector.capture.pcap import CaptureError, PcapReader
 from detector.capture.pcapwrite import write_pcap
 from detector.pipeline.run import Pipeline
-from detector.ruleset import load_rules
+from detector.detect.registry import load_rules
 from oracle import compare
 
 

@@ -124,7 +124,7 @@ def test_state_stays_flat_under_a_flood_of_unique_names():
     from detector.events import DnsEvent, Question
     from detector.pipeline.enrich import Enricher
     enrich = Enricher()
-    from detector.ruleset import load_rules
+    from detector.detect.registry import load_rules
 
     rules = load_rules(["rules/flood.yaml"])
     rules.rules[0].thresholds.update(max_domains=50, window=1e9)  # one half-window: exact truth below

@@ -21,7 +21,7 @@ from detector.capture.live import LiveCapture
 from detector.events import DnsEvent
 from detector.paths import REPO
 from detector.pipeline.run import Pipeline
-from detector.ruleset import load_rules
+from detector.detect.registry import load_rules
 
 
 def query(name: str, qid: int) -> bytes:

@@ -16,7 +16,8 @@ from detector.events import event_from_wire, event_to_wire
 from detector.paths import REPO, bundled
 from detector.dns.names import _EXTRACT, split_domain
 from detector.pipeline.run import Pipeline
-from detector.ruleset import Rule, RuleSet, Allowlist, load_rules
+from detector.detect.registry import load_rules
+from detector.ruleset import Rule, RuleSet, Allowlist
 
 SCHEMA = json.loads((REPO / "docs" / "alert.schema.json").read_text())
 

@@ -141,7 +141,7 @@ def test_live_policy_adds_this_hosts_resolvers(tmp_path, monkeypatch):
     host_config=True), unless the rule opts out; replay's policy (False) never reads it."""
     from detector.detect import resolvers as mod
     from detector.events import DnsEvent, Question
-    from detector.ruleset import load_rules
+    from detector.detect.registry import load_rules
 
     conf = tmp_path / "resolv.conf"
     conf.write_text("search example\nnameserver 192.0.2.1\nnameserver fe80::1%eth0\n")

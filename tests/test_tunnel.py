@@ -27,7 +27,7 @@ from detector.capture.layers import PacketDecoder
 from detector.capture.pcap import PcapReader
 from detector.events import DnsEvent, Question
 from detector.pipeline.run import Pipeline
-from detector.ruleset import load_rules
+from detector.detect.registry import load_rules
 from detector.paths import REPO
 from tests.conftest import json_lines, run_detector
 

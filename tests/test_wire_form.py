@@ -14,7 +14,7 @@ from detector.events import (READ_VERSIONS, WIRE_VERSION, DnsEvent, ProcessInfo,
                              event_from_wire, event_to_wire, events_from_record, events_to_record,
                              to_wire_fields, wire_type_error)
 from detector.pipeline.run import Pipeline
-from detector.ruleset import load_rules
+from detector.detect.registry import load_rules
 from detector.sources.base import Batch
 from detector.sources.driver import Lanes, drive, feed
 from detector.sources.pcap import PcapSource

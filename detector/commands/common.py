@@ -13,7 +13,8 @@ from typing import Any
 from detector import errors
 from detector.errors import DetectorError
 from detector.pipeline.run import Pipeline, PipelineStats
-from detector.ruleset import RuleError, RuleSet, load_rules
+from detector.detect.registry import load_rules
+from detector.ruleset import RuleError, RuleSet
 from detector.sinks.base import Sink
 from detector.sinks.stream import open_output
 from detector.sources.driver import Lanes

@@ -1,4 +1,4 @@
-"""The one interface every detector implements, and the registry of detectors.
+"""The one interface every detector implements (the registry is in :mod:`.registry`).
 
 A rule in rules/*.yaml names a detector (``detector: dga``); the engine builds one
 instance of that detector class per enabled rule and feeds it every enriched
@@ -21,52 +21,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from detector.detect.registry import detector_class, detector_names, register  # noqa: F401
 from detector.events import DnsEvent, Finding
 
 if TYPE_CHECKING:
     from detector.ruleset import Rule, RuleSet
-
-_REGISTRY: dict[str, type["Detector"]] = {}
-
-
-def register(cls: type["Detector"]) -> type["Detector"]:
-    """Class decorator: make a detector available to rules under ``cls.name``."""
-    if not cls.name:
-        raise TypeError(f"{cls.__qualname__} has no name")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def detector_class(name: str) -> type["Detector"] | None:
-    _load_builtin()
-    return _REGISTRY.get(name)
-
-
-def detector_names() -> list[str]:
-    _load_builtin()
-    return sorted(_REGISTRY)
-
-
-def _load_builtin() -> None:
-    # Importing the modules runs their @register decorators.
-    import importlib
-
-    for mod in _BUILTIN:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:  # a detector module not written yet
-            if e.name != mod:
-                raise
-
-
-_BUILTIN = (
-    "detector.detect.denylist",
-    "detector.detect.dga",
-    "detector.detect.tunnel",
-    "detector.detect.resolvers",
-    "detector.detect.health",
-    "detector.detect.flood",
-)
 
 
 class Detector:

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 from detector.alerts.dedup import Suppressor
 from detector.alerts.render import render_alert, render_event
-from detector.detect.base import Detector, detector_class
+from detector.detect.base import Detector
+from detector.detect.registry import detector_class
 from detector.events import DnsEvent, Finding
 from detector.pipeline.correlate import Correlator
 from detector.pipeline.enrich import Enricher
