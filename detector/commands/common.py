@@ -182,13 +182,10 @@ def pipeline_factory(args: argparse.Namespace, rules: RuleSet, outputs: Outputs,
     latency = _start_metrics(args) if getattr(args, "metrics_port", None) else None
 
     def make() -> Pipeline:
-        pipe = Pipeline(rules, [_NoClose(s) for s in outputs.alerts], [_NoClose(s) for s in outputs.events],
+        pipe = Pipeline(rules, [_NoClose(s) for s in outputs.alerts],
+                        [_NoClose(s) for s in outputs.events + outputs.raw],
                         query_timeout=args.query_timeout, fmt=args.format,
-                        suppress_window=args.suppress_window, on_alert=on_alert, latency=latency,
-                        # TODO(lead): raw event sinks as Pipeline event sinks (write_event) once
-                        # run.py passes the DnsEvent to sinks that ask for it; observers see
-                        # the same enriched event at the same point today
-                        observers=[s.write_event for s in outputs.raw])
+                        suppress_window=args.suppress_window, on_alert=on_alert, latency=latency)
         if latency is not None:
             _register_metrics(pipe)
         return pipe
@@ -210,6 +207,9 @@ class _NoClose(Sink):
     def __init__(self, inner: Sink) -> None:
         self.inner = inner
         self.name = inner.name
+        self.wants_events = getattr(inner, "wants_events", False)
+        if self.wants_events:
+            self.write_event = inner.write_event
 
     def write(self, doc: dict[str, Any], key: str | None = None) -> None:
         self.inner.write(doc, key)

@@ -79,6 +79,10 @@ class Pipeline:
         self.rules = rules
         self.alert_sinks = list(alert_sinks)
         self.event_sinks = list(event_sinks)
+        # a sink with wants_events takes the enriched DnsEvent itself (the dns-events
+        # publisher); the others take the rendered document
+        self._raw_sinks = [s.write_event for s in self.event_sinks if getattr(s, "wants_events", False)]
+        self._doc_sinks = [s for s in self.event_sinks if not getattr(s, "wants_events", False)]
         self.fmt = fmt
         self.correlator = Correlator(query_timeout)
         self.enrich = Enricher(rules.allowlist)
@@ -177,7 +181,9 @@ class Pipeline:
             self._next_tick = ts + TICK
         elif ts >= self._next_tick:
             self._tick(ts)
-        for s in self.event_sinks:
+        for w in self._raw_sinks:
+            w(e)
+        for s in self._doc_sinks:
             s.write(render_event(e, self.fmt), e.registered_domain)
         for o in self.observers:
             o(e)
