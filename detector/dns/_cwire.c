@@ -34,12 +34,15 @@ enum { N_EVENT = 16, N_QUESTION = 3, N_ANSWER = 5, N_EDNS = 4 };
 static PyObject *kw_event, *kw_question, *kw_answer, *kw_edns;
 
 /* cls(**dict(zip(kwnames, v))); steals the n references in v (NULL entries: a failed
- * conversion, so nothing is called) */
+ * conversion, so nothing is called). When setup() found the names to be the class's
+ * first fields in their declared order, the same values go positionally (kwnames
+ * NULL): the dataclass __init__ then skips matching keywords, ~0.4 us an event. */
 static PyObject *build(PyObject *cls, PyObject *kwnames, PyObject **v, int n) {
     PyObject *r = NULL;
     int ok = 1;
     for (int i = 0; i < n; i++) ok &= v[i] != NULL;
-    if (ok) r = PyObject_Vectorcall(cls, v, 0, kwnames);
+    if (ok) r = kwnames == Py_None ? PyObject_Vectorcall(cls, v, n, NULL)
+                                   : PyObject_Vectorcall(cls, v, 0, kwnames);
     for (int i = 0; i < n; i++) Py_XDECREF(v[i]);
     return r;
 }
@@ -418,6 +421,16 @@ static PyObject *field_names(PyObject *cls, const char **names) {
                          cls, s);
             Py_CLEAR(t);
         }
+    }
+    /* the names are the leading fields, in order: build positionally (Py_None) */
+    if (t) {
+        PyObject *keys = PyMapping_Keys(fields);
+        int same = keys && PyList_GET_SIZE(keys) >= n;
+        for (Py_ssize_t i = 0; same && i < n; i++)
+            same = PyUnicode_Compare(PyList_GET_ITEM(keys, i), PyTuple_GET_ITEM(t, i)) == 0;
+        Py_XDECREF(keys);
+        if (!keys) Py_CLEAR(t);
+        else if (same) Py_SETREF(t, Py_NewRef(Py_None));
     }
     Py_DECREF(fields);
     return t;
