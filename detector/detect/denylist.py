@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from detector.detect.base import Detector, entity_of, register
+from detector.dns.names import under
 from detector.events import DnsEvent, Finding
 
 
@@ -41,7 +42,7 @@ class Denylist(Detector):
         q = ev.questions[0].name if ev.questions else ""
         hit = self._hits.get(q, 0)
         if hit == 0:  # once per distinct name: the listed domain it is under, or None
-            hit = self._listed(q.lower().rstrip("."))
+            hit = under(q.lower().rstrip("."), self.domains) if q else None
             if len(self._hits) >= 1 << 16:
                 self._hits.clear()
             self._hits[q] = hit
@@ -52,20 +53,6 @@ class Denylist(Detector):
             ev, score=1.0, entity=entity_of(ev), domain=ev.registered_domain or hit,
             features={"listed": hit, "qtype": ev.qtype},
             reason=f"query for {name}, which is under the denylisted {hit}")]
-
-    def _listed(self, name: str) -> str | None:
-        if not name:
-            return None
-        doms = self.domains
-        if name in doms:
-            return name
-        i = name.find(".")
-        while i >= 0:
-            tail = name[i + 1:]
-            if tail in doms:
-                return tail
-            i = name.find(".", i + 1)
-        return None
 
 
 def _names(rule) -> list[str]:

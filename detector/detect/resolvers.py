@@ -31,6 +31,7 @@ import os
 from pathlib import Path
 
 from detector.detect.base import Detector, entity_of, register
+from detector.dns.names import under
 from detector.events import ConnEvent, DnsEvent, Finding
 from detector.ruleset import Allowlist, RuleSet
 
@@ -204,7 +205,7 @@ class ResolverBypass(Detector):
         q = ev.questions[0].name if ev.questions else ""
         hit = self._hits.get(q, 0)
         if hit == 0:  # once per distinct name: the DoH host it is (or is under), or None
-            hit = self._doh_host(q.lower().rstrip("."))
+            hit = under(q.lower().rstrip("."), self.hosts, min_dots=1)
             if len(self._hits) >= 1 << 16:
                 self._hits.clear()
             self._hits[q] = hit
@@ -227,18 +228,6 @@ class ResolverBypass(Detector):
             features={"method": "doh-bootstrap", "qname": name, "listed": hit},
             reason=f"{ent} looked up {name}, a known DNS-over-HTTPS endpoint: "
                    "its DNS is about to bypass the allowed resolvers")]
-
-    def _doh_host(self, name: str) -> str | None:
-        hosts = self.hosts
-        if name in hosts:
-            return name
-        i = name.find(".")
-        while i >= 0:
-            tail = name[i + 1:]
-            if tail.count(".") >= 1 and tail in hosts:
-                return tail
-            i = name.find(".", i + 1)
-        return None
 
     def process_conn(self, c: ConnEvent) -> list[Finding]:
         if c.dst_port in self.dot_ports:

@@ -103,3 +103,21 @@ def split_domain(name: str) -> tuple[str, str, str]:
     if d >= k:  # the name is itself a public suffix
         return "", n, n
     return ".".join(labels[:-2]), ".".join(labels[-2:]), labels[-1]
+
+
+def under(name: str, names: frozenset[str] | set[str], min_dots: int = 0) -> str | None:
+    """``name`` itself or its nearest parent that is in ``names`` (None: neither).
+    A parent counts only with at least ``min_dots`` dots (1: never a bare TLD).
+
+    >>> under("a.b.example.com", {"example.com"})
+    'example.com'
+    """
+    if name in names:
+        return name
+    i = name.find(".")
+    while i >= 0:
+        tail = name[i + 1:]
+        if tail in names and tail.count(".") >= min_dots:
+            return tail
+        i = name.find(".", i + 1)
+    return None
