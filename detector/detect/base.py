@@ -28,6 +28,11 @@ if TYPE_CHECKING:
     from detector.ruleset import Rule, RuleSet
 
 
+#: distinct names a detector's per-name caches hold before they start afresh: enough
+#: for the names a site repeats, small enough that a flood of new names costs no memory
+NAME_CACHE = 1 << 16
+
+
 class Detector:
     name: ClassVar[str] = ""
     #: threshold names a rule may set, with defaults; unknown names are a rule error
@@ -93,7 +98,7 @@ class Detector:
             cache = self._own_names
             v = cache.get(q)
             if v is None:
-                if len(cache) >= 1 << 16:
+                if len(cache) >= NAME_CACHE:
                     cache.clear()
                 v = cache[q] = own.covers_domain(q)
             if v or (own.processes and own.covers_process(ev)) or (

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from detector.detect.base import Detector, entity_of, register
+from detector.detect.base import NAME_CACHE, Detector, entity_of, register
 from detector.dns.names import under
 from detector.events import DnsEvent, Finding
 
@@ -43,7 +43,7 @@ class Denylist(Detector):
         hit = self._hits.get(q, 0)
         if hit == 0:  # once per distinct name: the listed domain it is under, or None
             hit = under(q.lower().rstrip("."), self.domains) if q else None
-            if len(self._hits) >= 1 << 16:
+            if len(self._hits) >= NAME_CACHE:
                 self._hits.clear()
             self._hits[q] = hit
         if hit is None or self.allowed(ev):

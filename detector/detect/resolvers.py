@@ -30,7 +30,7 @@ import logging
 import os
 from pathlib import Path
 
-from detector.detect.base import Detector, entity_of, register
+from detector.detect.base import NAME_CACHE, Detector, entity_of, register
 from detector.dns.names import under
 from detector.events import ConnEvent, DnsEvent, Finding
 from detector.ruleset import Allowlist, RuleSet
@@ -206,7 +206,7 @@ class ResolverBypass(Detector):
         hit = self._hits.get(q, 0)
         if hit == 0:  # once per distinct name: the DoH host it is (or is under), or None
             hit = under(q.lower().rstrip("."), self.hosts, min_dots=1)
-            if len(self._hits) >= 1 << 16:
+            if len(self._hits) >= NAME_CACHE:
                 self._hits.clear()
             self._hits[q] = hit
         if hit is None:

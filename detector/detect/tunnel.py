@@ -35,7 +35,7 @@ import math
 import re
 from collections import Counter, OrderedDict
 
-from detector.detect.base import Detector, entity_of, register
+from detector.detect.base import NAME_CACHE, Detector, entity_of, register
 from detector.events import DnsEvent, Finding
 from detector.dns.names import known_suffix
 
@@ -260,7 +260,7 @@ class _Base(Detector):
         t = self._names.get(q, 0)
         if t == 0:
             t = self._target(q, ev.registered_domain, ev.subdomain, ev.suffix)
-            if len(self._names) >= 1 << 16:
+            if len(self._names) >= NAME_CACHE:
                 self._names.clear()
             self._names[q] = t
         if t is None:

@@ -21,7 +21,7 @@ from detector.dns.names import split_domain
 from detector.events import DnsEvent
 from detector.ruleset import Allowlist
 
-MAX_NAMES = 1 << 17  # distinct names cached (the table is cleared when full)
+MAX_NAMES = 1 << 16  # distinct names cached (the table is cleared when full)
 
 
 class Enricher:

@@ -52,7 +52,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 
-from detector.detect.base import Detector, entity_of, register
+from detector.detect.base import NAME_CACHE, Detector, entity_of, register
 from detector.detect.dga import features as _features  # noqa: F401 - re-exported module
 from detector.detect.dga.features import FEATURE_VERSION, scored_domain, split_label
 from detector.detect.dga.model import DgaModel, default_model
@@ -198,7 +198,7 @@ class Dga(Detector):
             key = "" if why is not None else scored_domain(name, ev.registered_domain, ev.subdomain)
             if why is None and self.rule.allowlist.covers_domain(name):
                 why = "allowlisted"
-            if len(self._names) >= 1 << 16:
+            if len(self._names) >= NAME_CACHE:
                 self._names.clear()
             r = self._names[q] = (why, key)
         why, key = r
@@ -240,7 +240,7 @@ class Dga(Detector):
         batch, self.pending = self.pending, []
         scores = self.model.score_many([n for _, n in batch], explain=False)
         known = self.scores
-        if len(known) >= 1 << 17:
+        if len(known) >= 2 * NAME_CACHE:
             known.clear()
         out: list[Finding] = []
         for (ev, name), (score, top) in zip(batch, scores):
@@ -267,7 +267,7 @@ class Dga(Detector):
         info = self._info.get(reg)
         if info is None:  # per distinct name, once: the label's length and shape, the TLD
             label, _, tld = split_label(reg)
-            if len(self._info) >= 1 << 16:
+            if len(self._info) >= NAME_CACHE:
                 self._info.clear()
             info = self._info[reg] = (len(label), shape_of(label), tld)
         ent = self._entity(entity, ev.ts)

@@ -157,5 +157,14 @@ def shared(path: str, max_entries: int = 200_000) -> Prevalence:
     return p
 
 
+_BITS: dict[str, int] = {}
+
+
 def _bit(client: str) -> int:
-    return 1 << (zlib.crc32(client.encode("utf-8", "surrogateescape")) & 63)
+    """The client's bit in a 64-bit sketch (cached per address: a few thousand clients)."""
+    b = _BITS.get(client)
+    if b is None:
+        if len(_BITS) >= 1 << 16:
+            _BITS.clear()
+        b = _BITS[client] = 1 << (zlib.crc32(client.encode("utf-8", "surrogateescape")) & 63)
+    return b
