@@ -25,7 +25,7 @@ import pytest
 
 from detector.capture.layers import PacketDecoder
 from detector.capture.pcap import PcapReader
-from detector.events import DnsEvent, Question
+from detector.events import Answer, DnsEvent, Question
 from detector.pipeline.run import Pipeline
 from detector.detect.registry import load_rules
 from detector.paths import REPO
@@ -145,6 +145,32 @@ def test_unknown_tool_caught_without_fingerprints():
     tun = [d for d in docs if d["rule_id"] == "dns-tunnel"]
     assert tun and tun[0]["entity"] == "10.9.9.9" and tun[0]["domain"] == "cdn-sync.net"
     assert any("encoded names" in s for s in tun[0]["features"]["indicators"])
+
+
+def test_a_water_torture_flood_is_no_tunnel_but_the_same_names_answered_are():
+    """Random encoded labels answered NXDOMAIN bring nothing back: a random-subdomain
+    flood (the flood rule's), not an interactive tunnel. The same names answered
+    with TXT data are one."""
+    import base64
+
+    rnd = random.Random(8)
+    names = [f"{base64.b32encode(rnd.randbytes(20)).decode().rstrip('=').lower()}.victim-site.com"
+             for _ in range(150)]
+
+    def exchange(rcode):
+        ts = 1000.0
+        for i, n in enumerate(names):
+            ts += 0.05
+            yield DnsEvent(ts, "udp", 4, "10.7.0.1", 40000 + i, "10.0.0.53", 53, i, 0x0100, 0,
+                           [Question(n, 16, 1)], size=40 + len(n))
+            ans = [] if rcode else [Answer(n, 16, 60, "x" * 120, 121)]
+            yield DnsEvent(ts + 0.01, "udp", 4, "10.0.0.53", 53, "10.7.0.1", 40000 + i, i, 0x8180 | rcode,
+                           rcode, [Question(n, 16, 1)], ans, ancount=len(ans), size=200)
+
+    flood = [d for d in _run(exchange(3)) if d["rule_id"] == "dns-tunnel"]
+    assert flood == []
+    answered = [d for d in _run(exchange(0)) if d["rule_id"] == "dns-tunnel"]
+    assert answered and answered[0]["domain"] == "victim-site.com"
 
 
 def test_state_is_bounded_under_a_random_subdomain_flood():

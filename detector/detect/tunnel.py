@@ -205,6 +205,10 @@ class _Base(Detector):
         "min_data_type_share": 0.3,  # indicator: share of TXT/NULL/PRIVATE/KEY/ANY (CNAME/MX: half)
         "min_unique_ratio": 0.8,  # indicator: unique subdomains / queries
         "min_indicators": 2,      # shape indicators needed on top of the volume gates
+        # an interactive tunnel needs its data back: a window whose answers are nearly all
+        # NXDOMAIN (this share, of at least 10) is a random-subdomain flood, not a tunnel
+        # (the flood rule reports it; exfiltration sets 0: one-way data needs no answer)
+        "max_nx_share": 0.9,
         "rejudge_after": 8,       # queries to wait after a window failed on shape alone
         "max_keys": 50000,        # (entity, domain) pairs tracked
         "max_unique": 4096,       # distinct subdomains remembered per half-window
@@ -456,7 +460,8 @@ class _Base(Detector):
         f = self.features(st)
         fired = self.indicators(f)
         need = int(self.p["min_indicators"]) + (1 if key[1] == UNREGISTERED else 0)
-        if len(fired) < need:
+        nx_cap = self.p["max_nx_share"]
+        if len(fired) < need or (nx_cap and f["responses"] >= 10 and f["nxdomain_ratio"] >= nx_cap):
             st.next_judge = st.cur.queries + self.rejudge  # not on every query of a busy name
             return []
         st.last_alert = ev.ts
@@ -494,7 +499,7 @@ class Exfil(_Base):
 
     name = "exfil"
     params = {**_Base.params, "window": 600.0, "min_unique": 100, "min_name_bytes": 20000,
-              "min_payload_bytes": 0, "min_indicators": 1,
+              "min_payload_bytes": 0, "min_indicators": 1, "max_nx_share": 0.0,
               "small_window": 60.0,             # seconds (two sliding halves)
               "small_min_payload_bytes": 100}   # encoded bytes in new names (0: gate off)
 
