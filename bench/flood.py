@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
 import subprocess
@@ -32,9 +31,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import OUT, cached_capture, detector_command, site_rules  # noqa: E402
 from detector.capture.pcapwrite import ETH4, PcapWriter, dns_query, dns_response, ip4, udp  # noqa: E402
-
-OUT = REPO / "bench" / "out"
 
 
 def build(path: Path, names: int, domains: int, seed: int = 5) -> None:
@@ -91,21 +89,13 @@ def main() -> int:
     ap.add_argument("--names", type=int, default=1_000_000, help="DNS queries (each answered)")
     ap.add_argument("--domains", type=int, default=300)
     args = ap.parse_args()
-    OUT.mkdir(parents=True, exist_ok=True)
-    cap = OUT / f"flood-{args.names}-{args.domains}.pcap"
-    if not cap.exists():
-        t = time.perf_counter()
-        build(cap, args.names, args.domains)
-        print(f"built {cap} ({cap.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t:.0f} s")
-    detector = [str(REPO / ".venv" / "bin" / "detector")]
-    if not os.path.exists(detector[0]):
-        detector = [sys.executable, "-m", "detector"]
-    allow = OUT / "flood-allowlist.yaml"
-    allow.write_text("kind: allowlist\nresolvers: [10.0.0.53]\n")
+    cap = cached_capture(f"flood-{args.names}-{args.domains}.pcap", build, args.names, args.domains)
+    detector = detector_command()
+    rules = site_rules("flood", ["10.0.0.53"])
     summary = OUT / "flood-summary.json"
     sec, rss, rc = run_sampled(detector + ["replay", "pcap", str(cap), "-q", "-o", "/dev/null",
                                            "--summary-json", str(summary),
-                                           "--rules", str(REPO / "rules"), "--rules", str(allow)])
+                                           *rules])
     if rc != 0:
         raise SystemExit(f"detector exited {rc}")
     tsec, trss, trc = run_sampled(["tshark", "-n", "-r", str(cap), "-T", "fields", "-e", "dns.qry.name",

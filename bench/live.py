@@ -39,6 +39,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.common import detector_command  # noqa: E402
+
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -149,9 +153,7 @@ def main() -> int:
                             "--listen-address=127.0.0.1", f"--port={port}", "--bind-interfaces", "-z",
                             "--user=root", "--pid-file=", "--cache-size=0", "--dns-forward-max=10000"])
     time.sleep(0.5)
-    detector = [str(REPO / ".venv" / "bin" / "detector")]
-    if not os.path.exists(detector[0]):
-        detector = [sys.executable, "-m", "detector"]
+    detector = detector_command()
     rows = []
     try:
         for rate in [int(r) for r in args.rates.split(",")]:

@@ -20,7 +20,6 @@ and prints packets/s, the ratio to tshark and each one's peak RSS.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import resource
 import shutil
@@ -37,7 +36,7 @@ from detector.capture.pcapwrite import (  # noqa: E402
     ETH4, ETH6, PcapWriter, dns_query, dns_response, ip4, ip6, tcp, udp)
 from detector.paths import shared_data  # noqa: E402
 
-OUT = REPO / "bench" / "out"
+from bench.common import cached_capture, detector_command, site_rules  # noqa: E402
 
 
 def load_names(data: Path, dga_share: float, seed: int) -> tuple[list[str], list[str]]:
@@ -126,19 +125,9 @@ def main() -> int:
     ap.add_argument("--dga-share", type=float, default=0.03)
     ap.add_argument("--repeat", type=int, default=1, help="runs each; the best is kept")
     args = ap.parse_args()
-    OUT.mkdir(parents=True, exist_ok=True)
-    cap = OUT / f"bench-{args.packets}-{args.dga_share}.pcap"
-    if not cap.exists():
-        t = time.perf_counter()
-        build(cap, args.packets, args.dga_share)
-        print(f"built {cap} ({cap.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t:.0f} s")
-    detector = [str(REPO / ".venv" / "bin" / "detector")]
-    if not os.path.exists(detector[0]):
-        detector = [sys.executable, "-m", "detector"]
-    # the capture's resolvers are the site's: allowlist them as a deployment would
-    allow = OUT / "bench-allowlist.yaml"
-    allow.write_text("kind: allowlist\nresolvers: [10.0.0.53, fd00::53]\n")
-    rules = ["--rules", str(REPO / "rules"), "--rules", str(allow)]
+    cap = cached_capture(f"bench-{args.packets}-{args.dga_share}.pcap", build, args.packets, args.dga_share)
+    detector = detector_command()
+    rules = site_rules("bench", ["10.0.0.53", "fd00::53"])
     runs = {
         "detector, all 8 rules": detector + ["replay", "pcap", str(cap), "-q", "-o", "/dev/null"] + rules,
         "detector, pipeline + denylist": detector + ["replay", "pcap", str(cap), "-q", "-o", "/dev/null",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import sys
 import threading
@@ -75,10 +74,6 @@ def run(args: argparse.Namespace) -> int:
     pipe = lanes.get(0)
     # shedding under overload is an alert (sensor-overload), never silent
     source.cap.on_overload = pipe.report
-    # Many short-lived objects per message: collect young objects less often, and
-    # never walk what start-up made (BCC, rules, the DGA model) again.
-    gc.freeze()
-    gc.set_threshold(100_000, 20, 100)
     if getattr(args, "metrics_port", None):
         from detector import metrics
 
