@@ -66,7 +66,15 @@ class Edns:
 
 @dataclass(slots=True)
 class ProcessInfo:
-    """The process that sent (or received) a message. Filled by live capture only."""
+    """The process that sent (or received) a message. Filled by live capture only.
+
+    ``comm`` is the sending thread's name (what BPF sees, e.g. ``isc-net-0000``);
+    ``name`` is the process's own name (the thread group leader's comm, from
+    /proc/<pid>/comm), "" when the process was gone. The Kubernetes fields come
+    from the cgroup path and /var/log/pods (or the CRI socket) on the node.
+    New fields go at the end: the wire form is the fields in declaration order,
+    and a shorter row from an older sensor takes the defaults.
+    """
 
     pid: int
     tid: int = 0
@@ -76,6 +84,11 @@ class ProcessInfo:
     gid: int = -1
     cgroup_id: int = 0
     container_id: str = ""
+    name: str = ""
+    container_name: str = ""
+    pod_name: str = ""
+    pod_namespace: str = ""
+    pod_uid: str = ""
 
 
 @dataclass(slots=True)
