@@ -1,9 +1,11 @@
-"""Render events and alerts as ECS documents (Elastic Common Schema 8.x).
+"""Render events and alerts as ECS documents (Elastic Common Schema 9.4).
 
 Field names are the ones SIEMs already index: ``dns.question.name``,
-``process.pid``, ``source.ip``, ``threat.technique.subtechnique.id``... What
-ECS has no field for (the detector's score and features) lives under
-``dns_detector.*``. The schema is written down in docs/alert.schema.json.
+``process.pid``, ``client.ip``, ``threat.technique.subtechnique.id``... What
+ECS has no field for (the detector's score and features, EDNS details) lives
+under our own namespace ``dns_detector.*``. docs/output.md describes both
+document models (one document per DNS message, or one per transaction) and
+every field; docs/alert.schema.json is the alert's JSON schema.
 """
 
 from __future__ import annotations
@@ -13,25 +15,38 @@ import time
 from typing import Any
 
 from detector import __version__
+from detector.alerts.community_id import PROTOCOLS, community_id
 from detector.dns.constants import (CLASSES, FLAG_NAMES, OPCODES, QTYPES, RCODES,  # noqa: F401
                                      qtype_name, rcode_name)
-from detector.events import DnsEvent, Finding
+from detector.events import QUERY, RESPONSE, UNANSWERED, DnsEvent, Finding, ProcessInfo
 
+ECS_VERSION = "9.4.0"
 HOSTNAME = socket.gethostname()
+PRODUCT = "dns-detector"
+#: our namespace for what ECS has no field for
+NAMESPACE = "dns_detector"
+
+#: document models for DNS events: "message" gives one document per DNS message
+#: (a query, a response) plus one per query left unanswered; "transaction" one per
+#: query/response pair (the response, or the unanswered query, carrying both sides)
+MODELS = ("message", "transaction")
 
 SEVERITY_NUM = {"low": 21, "medium": 47, "high": 73, "critical": 99}
 _FLAG_NAMES = FLAG_NAMES
-
+#: record types whose data is a host name (for related.hosts)
+_NAME_RTYPES = frozenset({2, 5, 12, 39})  # NS, CNAME, PTR, DNAME
+#: question classes whose answers carry another class (ANY, NONE): answers get no class
+_NO_ANSWER_CLASS = frozenset({254, 255})
 
 _FLAGS_CACHE: dict[int, list[str]] = {}
 
 
-def header_flags(flags: int) -> list[str]:
-    """["AA", "RD", ...] for a flags word (cached per distinct word; callers copy if they mutate)."""
-    k = flags & 0x07F0
+def header_flags(flags: int, do: bool = False) -> list[str]:
+    """["AA", "RD", ..., "DO"] for a flags word and the EDNS DO bit (a new list)."""
+    k = (flags & 0x07F0) | (0x1 if do else 0)
     r = _FLAGS_CACHE.get(k)
     if r is None:
-        r = _FLAGS_CACHE[k] = [n for bit, n in _FLAG_NAMES if flags & bit]
+        r = _FLAGS_CACHE[k] = [n for bit, n in _FLAG_NAMES if flags & bit] + (["DO"] if do else [])
     return list(r)
 
 
@@ -40,43 +55,86 @@ def iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{us:06d}Z"
 
 
+def outcome(ev: DnsEvent) -> str:
+    """success: a NOERROR response; failure: any other rcode, or no response; unknown: a query."""
+    if ev.kind == UNANSWERED:
+        return "failure"
+    if ev.flags & 0x8000:
+        return "success" if ev.rcode == 0 else "failure"
+    return "unknown"
+
+
+def technique_names(name: str, has_sub: bool) -> tuple[str, str]:
+    """("Application Layer Protocol", "DNS") from ATT&CK's "Parent: Sub" form."""
+    if has_sub and ": " in name:
+        parent, sub = name.split(": ", 1)
+        return parent, sub
+    return name, ""
+
+
 def dns_fields(ev: DnsEvent) -> dict[str, Any]:
+    qr = ev.flags & 0x8000
+    e = ev.edns
     d: dict[str, Any] = {
         "id": ev.id,
-        "type": "answer" if ev.flags & 0x8000 else "query",
+        "type": "answer" if qr else "query",
         "op_code": OPCODES.get(ev.opcode, str(ev.opcode)),
-        "header_flags": header_flags(ev.flags),
+        "header_flags": header_flags(ev.flags, e is not None and e.do),
     }
-    if ev.flags & 0x8000:
+    if qr:
         d["response_code"] = rcode_name(ev.rcode)
+    qclass = None
     if ev.questions:
         q = ev.questions[0]
-        d["question"] = {
-            "name": q.name,
-            "type": qtype_name(q.qtype),
-            "class": CLASSES.get(q.qclass, f"CLASS{q.qclass}"),
-            "registered_domain": ev.registered_domain,
-            "subdomain": ev.subdomain,
-            "top_level_domain": ev.suffix,
-        }
+        qclass = q.qclass
+        question = {"name": q.name, "type": qtype_name(q.qtype),
+                    "class": CLASSES.get(q.qclass, f"CLASS{q.qclass}")}
+        if ev.registered_domain:
+            question["registered_domain"] = ev.registered_domain
+        if ev.subdomain:
+            question["subdomain"] = ev.subdomain
+        if ev.suffix:
+            question["top_level_domain"] = ev.suffix
+        d["question"] = question
     if ev.answers:
-        d["answers"] = [
-            {"name": a.name, "type": qtype_name(a.rtype), "ttl": a.ttl, "data": a.data}
-            for a in ev.answers
-        ]
+        # an answer's class is its question's (RFC 1035 4.1.3): the decoder keeps no
+        # per-record class, so a question of class ANY or NONE leaves it out
+        cls = CLASSES.get(qclass, f"CLASS{qclass}") if qclass is not None and qclass not in _NO_ANSWER_CLASS else None
+        answers = []
+        for a in ev.answers:
+            r = {"name": a.name, "type": qtype_name(a.rtype), "ttl": a.ttl, "data": a.data}
+            if cls:
+                r["class"] = cls
+            answers.append(r)
+        d["answers"] = answers
         ips = [a.data for a in ev.answers if a.rtype in (1, 28)]
         if ips:
             d["resolved_ip"] = ips
     return d
 
 
+def process_name(p: ProcessInfo) -> str:
+    """The process's own name; the thread's comm only when it is the main thread."""
+    if p.name:
+        return p.name
+    return p.comm if p.comm and p.tid == p.pid else ""
+
+
 def _process(ev: DnsEvent, doc: dict[str, Any]) -> None:
     p = ev.process
     if p is None:
         return
-    proc: dict[str, Any] = {"pid": p.pid, "name": p.comm}
+    proc: dict[str, Any] = {"pid": p.pid}
+    name = process_name(p)
+    if name:
+        proc["name"] = name
+    thread: dict[str, Any] = {}
     if p.tid:
-        proc["thread"] = {"id": p.tid}
+        thread["id"] = p.tid
+    if p.comm:
+        thread["name"] = p.comm
+    if thread:
+        proc["thread"] = thread
     if p.exe:
         proc["executable"] = p.exe
     if p.uid >= 0:
@@ -84,36 +142,122 @@ def _process(ev: DnsEvent, doc: dict[str, Any]) -> None:
     if p.gid >= 0:
         proc["group"] = {"id": str(p.gid)}
     doc["process"] = proc
-    if p.container_id:
-        doc["container"] = {"id": p.container_id}
+    if p.container_id or p.container_name:
+        c = doc["container"] = {}
+        if p.container_id:
+            c["id"] = p.container_id
+        if p.container_name:
+            c["name"] = p.container_name
+    if p.pod_name or p.pod_namespace or p.pod_uid:
+        o: dict[str, Any] = {"type": "kubernetes"}
+        if p.pod_namespace:
+            o["namespace"] = p.pod_namespace
+        res: dict[str, Any] = {"type": "pod"}
+        if p.pod_name:
+            res["name"] = p.pod_name
+        if p.pod_uid:
+            res["id"] = p.pod_uid
+        o["resource"] = res
+        doc["orchestrator"] = o
     if p.cgroup_id:
-        doc.setdefault("dns_detector", {})["cgroup_id"] = p.cgroup_id
+        doc.setdefault(NAMESPACE, {})["cgroup_id"] = p.cgroup_id
 
 
-def event_doc(ev: DnsEvent) -> dict[str, Any]:
-    """An ECS document for one DNS event (``--events``)."""
-    doc: dict[str, Any] = {
-        "@timestamp": iso(ev.ts),
-        "event": {
-            "kind": "event",
-            "category": ["network"],
-            "type": ["protocol"],
-            "action": f"dns_{ev.kind}",
-            "dataset": "dns_detector.dns",
-        },
-        "network": {
-            "transport": ev.transport,
-            "type": f"ipv{ev.ip_version}",
-            "protocol": "dns",
-            "bytes": ev.size,
-        },
-        "source": {"ip": ev.src_ip, "port": ev.src_port},
-        "destination": {"ip": ev.dst_ip, "port": ev.dst_port},
-        "dns": dns_fields(ev),
-        "host": {"hostname": HOSTNAME},
+def _related(ev: DnsEvent, dns: dict[str, Any]) -> dict[str, Any]:
+    ips = [ev.src_ip]
+    if ev.dst_ip != ev.src_ip:
+        ips.append(ev.dst_ip)
+    for ip in dns.get("resolved_ip", ()):
+        if ip not in ips:
+            ips.append(ip)
+    hosts = []
+    if ev.questions and ev.questions[0].name:
+        hosts.append(ev.questions[0].name)
+    for a in ev.answers:
+        for h in (a.name, a.data if a.rtype in _NAME_RTYPES else ""):
+            if h and h not in hosts:
+                hosts.append(h)
+    r: dict[str, Any] = {"ip": ips}
+    if hosts:
+        r["hosts"] = hosts
+    return r
+
+
+def _network(ev: DnsEvent, doc: dict[str, Any], transaction: bool) -> None:
+    """network.*, source/destination, client/server and related.* for one event."""
+    cip, cport = ev.client
+    sip, sport = ev.server
+    net: dict[str, Any] = {"transport": ev.transport, "type": f"ipv{ev.ip_version}", "protocol": "dns"}
+    if ev.transport in PROTOCOLS:
+        net["iana_number"] = str(PROTOCOLS[ev.transport])
+    cid = community_id(ev.src_ip, ev.src_port, ev.dst_ip, ev.dst_port, ev.transport)
+    if cid:
+        net["community_id"] = cid
+    client: dict[str, Any] = {"ip": cip, "port": cport}
+    server: dict[str, Any] = {"ip": sip, "port": sport}
+    if ev.size:
+        # the bytes of the message this document was made from (a transaction
+        # document is made from the response, or the unanswered query)
+        (server if ev.flags & 0x8000 else client)["bytes"] = ev.size
+        if not transaction or ev.kind == UNANSWERED:
+            net["bytes"] = ev.size
+    doc["network"] = net
+    if transaction:  # the transaction's initiator is the source
+        doc["source"] = dict(client)
+        doc["destination"] = dict(server)
+    else:
+        src = {"ip": ev.src_ip, "port": ev.src_port}
+        dst = {"ip": ev.dst_ip, "port": ev.dst_port}
+        if ev.size:
+            src["bytes"] = ev.size
+        doc["source"], doc["destination"] = src, dst
+    doc["client"], doc["server"] = client, server
+
+
+def _event_type(ev: DnsEvent, transaction: bool) -> list[str]:
+    if transaction:
+        return ["protocol"]
+    return ["protocol", "start"] if ev.kind == QUERY else ["protocol", "end"]
+
+
+def event_doc(ev: DnsEvent, model: str = "message") -> dict[str, Any] | None:
+    """An ECS document for one DNS event (``--events``); None when the model has
+    no document for it (a query, in the transaction model: its response or its
+    timeout carries it)."""
+    transaction = model == "transaction"
+    kind = ev.kind
+    if transaction and kind == QUERY:
+        return None
+    lat = ev.latency
+    event: dict[str, Any] = {
+        "kind": "event",
+        "category": ["network"],
+        "type": _event_type(ev, transaction),
+        "action": f"dns_{kind}",
+        "outcome": outcome(ev),
+        "dataset": "dns_detector.dns",
+        "module": NAMESPACE,
     }
-    if ev.latency is not None:
-        doc["event"]["duration"] = int(ev.latency * 1e9)
+    ts = ev.ts
+    if lat is not None:
+        event["duration"] = int(lat * 1e9)
+        start = ts - lat
+        event["start"] = iso(start)
+        if kind == RESPONSE:
+            event["end"] = iso(ts)
+        if transaction:
+            ts = start  # a transaction is dated by its query
+    dns = dns_fields(ev)
+    doc: dict[str, Any] = {
+        "@timestamp": iso(ts),
+        "ecs": {"version": ECS_VERSION},
+        "event": event,
+        "dns": dns,
+        "host": {"hostname": HOSTNAME, "name": HOSTNAME},
+        "observer": {"type": "sensor", "product": PRODUCT, "version": __version__},
+    }
+    _network(ev, doc, transaction)
+    doc["related"] = _related(ev, dns)
     extra: dict[str, Any] = {}
     if ev.edns is not None:
         e = ev.edns
@@ -125,24 +269,32 @@ def event_doc(ev: DnsEvent) -> dict[str, Any]:
     if ev.cause:
         extra["cause"] = ev.cause
     if extra:
-        doc["dns_detector"] = extra
+        doc[NAMESPACE] = extra
     _process(ev, doc)
     return doc
+
+
+def threat_fields(f: Finding) -> dict[str, Any]:
+    tid = f.technique_id
+    parent_id = tid.split(".")[0]
+    parent, sub = technique_names(f.technique_name, "." in tid)
+    technique: dict[str, Any] = {"id": parent_id, "reference": f"https://attack.mitre.org/techniques/{parent_id}/"}
+    if parent:
+        technique["name"] = parent
+    if "." in tid:
+        st: dict[str, Any] = {"id": tid, "reference": f"https://attack.mitre.org/techniques/{tid.replace('.', '/')}/"}
+        if sub:
+            st["name"] = sub
+        technique["subtechnique"] = st
+    return {"framework": "MITRE ATT&CK", "technique": technique}
 
 
 def alert_doc(f: Finding, alert_id: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """An ECS alert document for one (deduplicated) finding."""
     ev = f.event
-    tid = f.technique_id
-    technique: dict[str, Any] = {"id": tid.split(".")[0], "name": f.technique_name,
-                                 "reference": f"https://attack.mitre.org/techniques/{tid.split('.')[0]}/"}
-    if "." in tid:
-        technique["subtechnique"] = {
-            "id": tid,
-            "reference": f"https://attack.mitre.org/techniques/{tid.replace('.', '/')}/",
-        }
     doc: dict[str, Any] = {
         "@timestamp": iso(f.ts),
+        "ecs": {"version": ECS_VERSION},
         "event": {
             "kind": "alert",
             "category": ["network", "threat"],
@@ -152,14 +304,14 @@ def alert_doc(f: Finding, alert_id: str, extra: dict[str, Any] | None = None) ->
             "risk_score": round(f.score * 100, 1),
             "reason": f.reason,
             "dataset": "dns_detector.alert",
-            "module": "dns_detector",
+            "module": NAMESPACE,
         },
         "rule": {"id": f.rule_id, "name": f.title, "category": f.category,
-                 "ruleset": "dns-detector", "version": __version__},
-        "threat": {"framework": "MITRE ATT&CK", "technique": technique},
-        "host": {"hostname": HOSTNAME},
-        "observer": {"type": "sensor", "product": "dns-detector", "version": __version__},
-        "dns_detector": {
+                 "ruleset": PRODUCT, "version": __version__},
+        "threat": threat_fields(f),
+        "host": {"hostname": HOSTNAME, "name": HOSTNAME},
+        "observer": {"type": "sensor", "product": PRODUCT, "version": __version__},
+        NAMESPACE: {
             "score": f.score,
             "severity": f.severity,
             "entity": f.entity,
@@ -169,14 +321,15 @@ def alert_doc(f: Finding, alert_id: str, extra: dict[str, Any] | None = None) ->
         },
     }
     if extra:
-        doc["dns_detector"].update(extra)
+        doc[NAMESPACE].update(extra)
+        if "first_seen" in extra:
+            doc["event"]["start"] = iso(extra["first_seen"])
     if ev is not None:
-        doc["network"] = {"transport": ev.transport, "type": f"ipv{ev.ip_version}", "protocol": "dns"}
-        doc["source"] = {"ip": ev.src_ip, "port": ev.src_port}
-        doc["destination"] = {"ip": ev.dst_ip, "port": ev.dst_port}
+        _network(ev, doc, False)
         if ev.questions or ev.id:
             doc["dns"] = dns_fields(ev)
+        doc["related"] = _related(ev, doc.get("dns", {}))
         _process(ev, doc)
         if ev.cause:
-            doc["dns_detector"]["cause"] = ev.cause
+            doc[NAMESPACE]["cause"] = ev.cause
     return doc

@@ -1,12 +1,21 @@
 """Choose the document shape for events and alerts: ECS (default), flat JSON
-lines, or OCSF Detection Finding (class 2004)."""
+lines, or OCSF (DNS Activity 4003 for events, Detection Finding 2004 for
+alerts). One format per stream: events and alerts of one run share it.
+
+The event model (docs/output.md) says which events get a document:
+``message`` (default) one per DNS message plus one per unanswered query;
+``transaction`` one per query/response pair, made when the response comes
+or the query times out (a query alone gives none: :func:`render_event`
+returns None).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from detector.alerts import ecs
-from detector.events import DnsEvent, Finding
+from detector.alerts import ecs, ocsf
+from detector.alerts.ecs import MODELS  # noqa: F401  (re-exported for the CLI)
+from detector.events import QUERY, DnsEvent, Finding
 
 
 def flat_event(ev: DnsEvent) -> dict[str, Any]:
@@ -22,7 +31,7 @@ def flat_event(ev: DnsEvent) -> dict[str, Any]:
         "qr": int(ev.qr),
         "opcode": ev.opcode,
         "rcode": ecs.rcode_name(ev.rcode),
-        "flags": ecs.header_flags(ev.flags),
+        "flags": ecs.header_flags(ev.flags, ev.edns is not None and ev.edns.do),
         "qname": ev.qname,
         "qtype": ecs.qtype_name(ev.qtype),
         "ancount": ev.ancount,
@@ -39,8 +48,11 @@ def flat_event(ev: DnsEvent) -> dict[str, Any]:
             d["edns"]["client_subnet"] = ev.edns.client_subnet
     if ev.process is not None:
         p = ev.process
-        d["process"] = {"pid": p.pid, "tid": p.tid, "comm": p.comm, "exe": p.exe, "uid": p.uid,
-                        "gid": p.gid, "cgroup_id": p.cgroup_id, "container_id": p.container_id}
+        d["process"] = {"pid": p.pid, "tid": p.tid, "name": p.name, "comm": p.comm, "exe": p.exe,
+                        "uid": p.uid, "gid": p.gid, "cgroup_id": p.cgroup_id, "container_id": p.container_id}
+        for k in ("container_name", "pod_name", "pod_namespace", "pod_uid"):
+            if getattr(p, k):
+                d["process"][k] = getattr(p, k)
     if ev.malformed:
         d["malformed"] = ev.malformed
     if ev.cause:
@@ -71,61 +83,28 @@ def flat_alert(f: Finding, aid: str, extra: dict[str, Any]) -> dict[str, Any]:
         if f.event.process is not None:
             d["pid"] = f.event.process.pid
             d["comm"] = f.event.process.comm
+            if f.event.process.name:
+                d["process_name"] = f.event.process.name
         if f.event.cause:
             d["cause"] = f.event.cause
     return d
 
 
-_OCSF_SEVERITY = {"low": 2, "medium": 3, "high": 4, "critical": 5}
-
-
-def ocsf_alert(f: Finding, aid: str, extra: dict[str, Any]) -> dict[str, Any]:
-    """OCSF 1.1 Detection Finding (class_uid 2004, category 2 Findings)."""
-    ev = f.event
-    act = 2 if extra.get("revision", 1) > 1 else 1  # 1: Create, 2: Update (a later revision)
-    d: dict[str, Any] = {
-        "class_uid": 2004,
-        "class_name": "Detection Finding",
-        "category_uid": 2,
-        "category_name": "Findings",
-        "type_uid": 200400 + act,  # class_uid * 100 + activity_id
-        "activity_id": act,
-        "time": int(f.ts * 1000),
-        "severity_id": _OCSF_SEVERITY.get(f.severity, 3),
-        "severity": f.severity.capitalize(),
-        "status_id": 1,
-        "message": f.reason,
-        "metadata": {"version": "1.1.0", "uid": aid,
-                     "product": {"name": "dns-detector", "vendor_name": "dns-detector"}},
-        "finding_info": {
-            "uid": aid,
-            "title": f.title,
-            "analytic": {"uid": f.rule_id, "name": f.title, "type_id": 1, "type": "Rule"},
-            "attacks": [{"technique": {"uid": f.technique_id, "name": f.technique_name},
-                         "version": "14"}],
-        },
-        "risk_score": int(round(f.score * 100)),
-        "count": f.count,
-        "unmapped": {"features": f.features, "entity": f.entity, "domain": f.domain, **extra},
-    }
-    if ev is not None:
-        d["src_endpoint"] = {"ip": ev.src_ip, "port": ev.src_port}
-        d["dst_endpoint"] = {"ip": ev.dst_ip, "port": ev.dst_port}
-        if ev.questions:
-            d["evidences"] = [{"query": {"hostname": ev.qname, "type": ecs.qtype_name(ev.qtype)}}]
-        if ev.process is not None:
-            d.setdefault("evidences", [{}])[0]["process"] = {
-                "pid": ev.process.pid, "name": ev.process.comm, "file": {"path": ev.process.exe}}
-    return d
-
-
-def render_event(ev: DnsEvent, fmt: str) -> dict[str, Any]:
-    return flat_event(ev) if fmt == "jsonl" else ecs.event_doc(ev)
+def render_event(ev: DnsEvent, fmt: str, model: str = "message") -> dict[str, Any] | None:
+    """The document for one event, or None when ``model`` gives it none (a query in
+    the transaction model: the caller writes nothing)."""
+    if model == "transaction" and ev.kind == QUERY:
+        return None
+    if fmt == "jsonl":
+        return flat_event(ev)
+    if fmt == "ocsf":
+        return ocsf.event_doc(ev, model)
+    return ecs.event_doc(ev, model)
 
 
 def render_alert(f: Finding, aid: str, extra: dict[str, Any], fmt: str) -> dict[str, Any]:
     if fmt == "jsonl":
         return flat_alert(f, aid, extra)
     if fmt == "ocsf":
-        return ocsf_alert(f, aid, extra)
+        return ocsf.alert_doc(f, aid, extra)
     return ecs.alert_doc(f, aid, extra)
