@@ -404,13 +404,48 @@ def events_to_record(evs: list[DnsEvent]) -> dict[str, Any]:
     return {"v": WIRE_VERSION, "evs": [to_wire_fields(ev) for ev in evs]}
 
 
-def events_from_record(d: Any) -> list[DnsEvent]:
-    """Every event in one dns-events record (version 1 or 2)."""
+def conn_entity(c: ConnEvent) -> str:
+    """Who opened a connection, as enrichment names the asker of a DNS event: the
+    process ``name[pid]`` when known, else the client address. A sensor keys both
+    by it, so a client's DNS and its DoT/DoH connections reach one consumer."""
+    p = c.process
+    if p is not None and p.pid:
+        return f"{p.name or p.comm or '?'}[{p.pid}]"
+    return c.src_ip
+
+
+def conn_to_wire(c: ConnEvent, at: int) -> list:
+    """A connection record in a version-2 pack: ``at`` is the number of the pack's
+    events that came before it, so a reader puts it back in order."""
+    p = c.process
+    row = [at, c.ts, c.transport, c.ip_version, c.src_ip, c.src_port, c.dst_ip, c.dst_port]
+    if p is not None:
+        row.append([getattr(p, n) for n in _record_fields(ProcessInfo)])
+    return row
+
+
+def _conn_from_wire(r: list) -> ConnEvent:
+    p = ProcessInfo(*r[8]) if len(r) > 8 and r[8] else None
+    return ConnEvent(r[1], r[2], r[3], r[4], r[5], r[6], r[7], p)
+
+
+def events_from_record(d: Any) -> list:
+    """Every event in one dns-events record (version 1 or 2): DnsEvents, with the
+    pack's ConnEvents (optional ``conns``, read by readers that know them and
+    ignored by older ones) back in their place."""
     if not isinstance(d, dict):
         raise TypeError("a dns-events record is a JSON object")
     v = d.get("v")
     if v == 2:
-        return [from_wire_fields(x) for x in d["evs"]]
+        evs = [from_wire_fields(x) for x in d["evs"]]
+        conns = d.get("conns")
+        if conns:
+            for r in reversed(conns):
+                c = _conn_from_wire(r)
+                if not isinstance(c.dst_port, int) or not isinstance(c.dst_ip, str):
+                    raise TypeError("a connection record has a malformed address")
+                evs.insert(min(int(r[0]), len(evs)), c)
+        return evs
     if v == 1:
         return [from_wire_fields(d)]
     raise _version_error(v)
