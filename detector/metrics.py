@@ -56,11 +56,11 @@ class _Collector:
         fields = ("events", "queries", "responses", "unanswered", "suppressed", "detector_errors", "sink_errors")
         for f in fields:
             c = CounterMetricFamily(f"dns_detector_{f}", f"pipeline {f.replace('_', ' ')}")
-            c.add_metric([], sum(getattr(s, f, 0) for s in stats))
+            c.add_metric([], sum(_value(s, live, f) for s, live in stats))
             yield c
         a = CounterMetricFamily("dns_detector_alerts", "alerts raised, by rule", labels=["rule"])
         by_rule: dict[str, int] = {}
-        for s in stats:
+        for s, _ in stats:
             for r, n in s.alerts_by_rule.items():
                 by_rule[r] = by_rule.get(r, 0) + n
         for r, n in sorted(by_rule.items()):
@@ -129,11 +129,25 @@ def serve(port: int, addr: str = "127.0.0.1") -> None:
     _server_started.add((addr, port))
 
 
-def register_stats(stats) -> None:
-    """Expose a PipelineStats (several may be registered: their counters are summed)."""
+def _value(stats, live: dict[str, Callable[[], int]], f: str) -> int:
+    fn = live.get(f)
+    if fn is not None:
+        try:
+            return max(fn(), getattr(stats, f, 0))
+        except Exception:  # noqa: BLE001  a counter must not break the scrape
+            pass
+    return getattr(stats, f, 0)
+
+
+def register_stats(stats, live: dict[str, Callable[[], int]] | None = None) -> None:
+    """Expose a PipelineStats (several may be registered: their counters are summed).
+
+    ``live`` maps a field to a function giving its current value, for counters the
+    stats only learn at the end (``suppressed``: the suppressor counts repeats as
+    they happen), so a scrape during the run sees them."""
     with _lock:
-        if all(s is not stats for s in _stats):
-            _stats.append(stats)
+        if all(s is not stats for s, _ in _stats):
+            _stats.append((stats, dict(live or {})))
 
 
 def register_source(fn: Callable[[], dict[str, int]]) -> None:

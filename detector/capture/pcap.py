@@ -2,7 +2,8 @@
 
 Both formats, either byte order, microsecond and nanosecond pcap, pcapng with
 several interfaces (each with its own link type and timestamp resolution).
-The file is memory-mapped, so a 1 GB capture costs no 1 GB of RAM.
+A file is memory-mapped, so a 1 GB capture costs no 1 GB of RAM; stdin
+(``-``), a pipe or a FIFO is read as a stream, chunk by chunk.
 
 A capture that ends mid-record is not an error: :attr:`PcapReader.truncated`
 is set and iteration stops after the last whole packet. A file that is not a
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import mmap
 import os
+import select
+import stat
 import struct
 from collections.abc import Iterator
 
@@ -24,6 +27,8 @@ PCAP_MAGIC = {
 }
 PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
 RELEASE_BYTES = 8 << 20  # read pages given back in steps of this much
+CHUNK = 1 << 20  # stream mode: bytes asked of each read
+PROGRESS_EVERY = 0x3FF  # offset for progress updated every 1024 packets
 
 
 class CaptureError(ValueError):
@@ -36,6 +41,12 @@ class PcapReader:
     >>> r = PcapReader("capture.pcap")
     >>> for ts, linktype, frame in r: ...
     >>> r.truncated, r.packets
+
+    ``-`` is stdin. Stdin, a pipe or a FIFO is read as a stream, in chunks, as it
+    comes (no seeking, no mapping); :attr:`size` is None then (the length is not
+    known). With :attr:`idle_marks` set, iteration yields ``None`` when the
+    stream has nothing more to give right now and the next read would block, so
+    the caller can hand on what it holds (``tcpdump -U -w - | detector ...``).
     """
 
     def __init__(self, path: str) -> None:
@@ -44,45 +55,80 @@ class PcapReader:
         self.truncated_detail = ""
         self.packets = 0
         self.skipped_blocks = 0
-        self.offset = 0  # bytes consumed, for progress
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            raise CaptureError(f"{path}: no such file") from None
-        except IsADirectoryError:
-            raise CaptureError(f"{path}: is a directory, not a capture file") from None
-        except OSError as e:
-            raise CaptureError(f"{path}: cannot open: {e.strerror}") from None
-        try:
-            self.size = os.fstat(fd).st_size
-            if self.size == 0:
-                raise CaptureError(f"{path}: empty file, not a capture")
+        self.offset = 0  # bytes consumed, for progress (updated every PROGRESS_EVERY packets)
+        self.idle_marks = False
+        self._fd: int | None = None  # stream mode: the descriptor read in chunks
+        self._own_fd = False
+        self._base = 0  # stream mode: file offset of self.buf[0]
+        self.size: int | None
+        if path == "-":
+            fd = 0
+            label = "stdin"
+        else:
+            label = path
             try:
-                self.buf = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-            except (OSError, ValueError):  # pipes, special files
-                with os.fdopen(os.dup(fd), "rb") as f:
-                    self.buf = f.read()
-                self.size = len(self.buf)
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise CaptureError(f"{path}: no such file") from None
+            except IsADirectoryError:
+                raise CaptureError(f"{path}: is a directory, not a capture file") from None
+            except OSError as e:
+                raise CaptureError(f"{path}: cannot open: {e.strerror}") from None
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise CaptureError(f"{path}: is a directory, not a capture file")
+            self.buf = b""
+            if stat.S_ISREG(st.st_mode) and st.st_size > 0:
+                self.size = st.st_size
+                try:
+                    self.buf = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+                except (OSError, ValueError):
+                    self.size = None
+            elif stat.S_ISREG(st.st_mode) and path != "-":
+                raise CaptureError(f"{path}: empty file, not a capture")
+            else:
+                self.size = None
+            if self.size is None:  # a pipe, a FIFO, a character device, stdin: a stream
+                self._fd = fd if path == "-" else os.dup(fd)
+                self._own_fd = path != "-"
+                self.buf, _, n = self._refill(b"", 0, 24)
+                if n == 0:
+                    raise CaptureError(f"{label}: empty input, not a capture")
+        except OSError as e:
+            self._close_fd()
+            raise CaptureError(f"{label}: cannot read: {e.strerror}") from None
+        except BaseException:
+            self._close_fd()
+            raise
         finally:
-            os.close(fd)
-        head = self.buf[:4]
+            if path != "-":
+                os.close(fd)
+        head = bytes(self.buf[:4])
         if head in PCAP_MAGIC:
             self.format = "pcap"
         elif head == PCAPNG_SHB:
             self.format = "pcapng"
         elif head[:2] == b"\x1f\x8b":
-            raise CaptureError(f"{path}: gzip-compressed; decompress it first (gunzip)")
+            self.close()
+            raise CaptureError(f"{label}: gzip-compressed; decompress it first (gunzip)")
         else:
-            raise CaptureError(
-                f"{path}: not a pcap or pcapng file (starts with {bytes(head).hex()})"
-            )
+            self.close()
+            raise CaptureError(f"{label}: not a pcap or pcapng file (starts with {head.hex()})")
         self.linktypes: list[int] = []
         self._released = 0  # bytes at the start of the mapping given back (see _release)
         if self.format == "pcap":
-            if self.size < 24:
-                raise CaptureError(f"{path}: pcap header cut short ({self.size} of 24 bytes)")
+            if len(self.buf) < 24:
+                n = len(self.buf)
+                self.close()
+                raise CaptureError(f"{label}: pcap header cut short ({n} of 24 bytes)")
             e, _ = PCAP_MAGIC[head]
             self.linktypes = [struct.unpack_from(e + "I", self.buf, 20)[0] & 0x0FFFFFFF]
+
+    @property
+    def streaming(self) -> bool:
+        """Read as a stream (stdin, a pipe): no size known in advance."""
+        return self._fd is not None
 
     def __iter__(self) -> Iterator[tuple[float, int, bytes]]:
         if self.format == "pcap":
@@ -92,6 +138,41 @@ class PcapReader:
     def close(self) -> None:
         if isinstance(self.buf, mmap.mmap):
             self.buf.close()
+        self._close_fd()
+
+    def _close_fd(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None and self._own_fd:
+            os.close(fd)
+
+    def _refill(self, buf, off: int, need: int):
+        """Stream mode: keep ``buf[off:]`` and read on until ``need`` bytes are there
+        (or the stream ends). Returns the new (buf, off, size). A mapped file is
+        all there already: returned as it is."""
+        fd = self._fd
+        if fd is None:
+            return buf, off, len(buf)
+        keep = buf[off:]
+        self._base += off
+        parts = [keep]
+        have = len(keep)
+        while have < need:
+            chunk = os.read(fd, max(CHUNK, need - have))
+            if not chunk:
+                break
+            parts.append(chunk)
+            have += len(chunk)
+        buf = self.buf = b"".join(parts) if len(parts) > 1 else keep
+        return buf, 0, have
+
+    def _would_block(self) -> bool:
+        """Stream mode with idle_marks: nothing to read right now."""
+        if not self.idle_marks or self._fd is None:
+            return False
+        try:
+            return not select.select([self._fd], [], [], 0)[0]
+        except (OSError, ValueError):
+            return False
 
     def _release(self, off: int) -> None:
         """Give back the pages of the mapping already read: a capture is read once,
@@ -112,44 +193,73 @@ class PcapReader:
 
     # --- classic pcap ----------------------------------------------------------
     def _pcap(self) -> Iterator[tuple[float, int, bytes]]:
-        buf, size = self.buf, self.size
-        e, res = PCAP_MAGIC[buf[:4]]
+        buf = self.buf
+        size = len(buf)
+        e, res = PCAP_MAGIC[bytes(buf[:4])]
         hdr = struct.Struct(e + "IIII")
         unpack = hdr.unpack_from
         lt = self.linktypes[0]
         off = 24
         n = 0
+        stream = self._fd is not None
         try:
-            while off + 16 <= size:
+            while True:
+                if off + 16 > size:
+                    if not stream:
+                        break
+                    if self._would_block():
+                        self.offset = self._base + off
+                        yield None  # type: ignore[misc]
+                    buf, off, size = self._refill(buf, off, 16)
+                    if off + 16 > size:
+                        break
                 sec, frac, caplen, _orig = unpack(buf, off)
                 end = off + 16 + caplen
                 if caplen > 0x4000000:
-                    self._cut(f"record at byte {off} claims {caplen} bytes: corrupt")
+                    self._cut(f"record at byte {self._base + off} claims {caplen} bytes: corrupt")
                     return
                 if end > size:
-                    self._cut(f"last record at byte {off} cut short ({size - off - 16} of {caplen} bytes)")
-                    return
+                    if stream:
+                        buf, off, size = self._refill(buf, off, 16 + caplen)
+                        end = off + 16 + caplen
+                    if end > size:
+                        self._cut(f"last record at byte {self._base + off} cut short "
+                                  f"({size - off - 16} of {caplen} bytes)")
+                        return
                 frame = buf[off + 16:end]
                 off = end
                 n += 1
-                if not n & 0x3FFF:
-                    self._release(off)
+                if not n & PROGRESS_EVERY:
+                    self.offset = self._base + off
+                    if not n & 0x3FFF:
+                        self._release(off)
                 yield sec + frac * res, lt, frame
             if off != size:
                 self._cut(f"{size - off} stray bytes after the last record")
         finally:
             self.packets = n
-            self.offset = off
+            self.offset = self._base + off
 
     # --- pcapng ----------------------------------------------------------------
     def _pcapng(self) -> Iterator[tuple[float, int, bytes]]:
-        buf, size = self.buf, self.size
+        buf = self.buf
+        size = len(buf)
         off = 0
         n = 0
         e = "<"
+        stream = self._fd is not None
         ifaces: list[tuple[int, float]] = []  # (linktype, seconds per tick)
         try:
-            while off + 12 <= size:
+            while True:
+                if off + 12 > size:
+                    if not stream:
+                        break
+                    if self._would_block():
+                        self.offset = self._base + off
+                        yield None  # type: ignore[misc]
+                    buf, off, size = self._refill(buf, off, 12)
+                    if off + 12 > size:
+                        break
                 btype_raw = buf[off:off + 4]
                 if btype_raw == PCAPNG_SHB:
                     bom = buf[off + 8:off + 12]
@@ -158,24 +268,29 @@ class PcapReader:
                     elif bom == b"\x1a\x2b\x3c\x4d":
                         e = ">"
                     else:
-                        raise CaptureError(f"{self.path}: pcapng section at byte {off} has a bad byte-order magic")
+                        raise CaptureError(f"{self.path}: pcapng section at byte {self._base + off} "
+                                           "has a bad byte-order magic")
                     ifaces = []
                 btype, blen = struct.unpack_from(e + "II", buf, off)
                 if blen < 12 or blen % 4:
-                    self._cut(f"block at byte {off} has a bad length {blen}")
+                    self._cut(f"block at byte {self._base + off} has a bad length {blen}")
                     return
                 if off + blen > size:
-                    self._cut(f"last block at byte {off} cut short ({size - off} of {blen} bytes)")
-                    return
+                    if stream and blen <= 0x4000000:
+                        buf, off, size = self._refill(buf, off, blen)
+                    if off + blen > size:
+                        self._cut(f"last block at byte {self._base + off} cut short ({size - off} of {blen} bytes)")
+                        return
                 body = off + 8
                 if btype == 6:  # enhanced packet block
                     iid, th, tl, caplen, _orig = struct.unpack_from(e + "IIIII", buf, body)
                     if iid < len(ifaces) and body + 20 + caplen <= off + blen:
                         lt, tick = ifaces[iid]
                         n += 1
-                        self.offset = off
-                        if not n & 0x3FFF:
-                            self._release(off)
+                        if not n & PROGRESS_EVERY:
+                            self.offset = self._base + off
+                            if not n & 0x3FFF:
+                                self._release(off)
                         yield ((th << 32) | tl) * tick, lt, buf[body + 20:body + 20 + caplen]
                     else:
                         self.skipped_blocks += 1
@@ -200,7 +315,7 @@ class PcapReader:
                 self._cut(f"{size - off} stray bytes after the last block")
         finally:
             self.packets = n
-            self.offset = off
+            self.offset = self._base + off
 
     @staticmethod
     def _tsresol(buf, e: str, off: int, end: int) -> float:

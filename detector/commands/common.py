@@ -5,6 +5,7 @@ pipelines (:func:`build_lanes`) for :func:`detector.sources.driver.drive`."""
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from detector.pipeline.run import Pipeline, PipelineStats
 from detector.detect.registry import load_rules
 from detector.ruleset import RuleError, RuleSet
 from detector.sinks.base import Sink
-from detector.sinks.stream import open_output
+from detector.sinks.stream import StreamSink, open_output
 from detector.sources.driver import Lanes
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,10 @@ def resolver_list(text: str) -> tuple:
 def add_pipeline_args(p: argparse.ArgumentParser, events_help: str = "also write every DNS event") -> None:
     g = p.add_argument_group("output")
     g.add_argument("-o", "--output", default="-", metavar="-|FILE",
-                   help="where alerts (and --events) go as JSON lines; - is stdout (default)")
+                   help="where alerts (and --events) go as JSON lines; - is stdout (default). "
+                   "A file is truncated first, unless --append")
+    g.add_argument("--append", action="store_true",
+                   help="add to the -o and --events-output files instead of truncating them")
     g.add_argument("--events", action="store_true", help=events_help)
     g.add_argument("--events-output", metavar="FILE",
                    help="write events to this file instead of mixing them with alerts")
@@ -111,7 +115,9 @@ class Outputs:
     (--events), ``raw`` each enriched DnsEvent itself (the dns-events
     publisher). Pipelines get non-closing wrappers (a consumer runs one
     pipeline per partition over the same sinks); :meth:`close` closes each
-    sink once, after every pipeline closed.
+    sink once, after every pipeline closed. :meth:`failures` then says what
+    was lost or not delivered, and :func:`exit_code` turns that into the
+    documented exit code.
     """
 
     def __init__(self) -> None:
@@ -120,6 +126,7 @@ class Outputs:
         self.raw: list = []
         self.kafka = None  # the dns-alerts sink, when --kafka
         self.close_errors = 0
+        self._close_failures: list[tuple[int, str]] = []
 
     @property
     def all(self) -> list[Sink]:
@@ -139,7 +146,70 @@ class Outputs:
                 s.close()
             except Exception as e:  # noqa: BLE001  a sink must not hide the others' flush
                 self.close_errors += 1
-                log.error("closing %s failed: %s", s.name, e)
+                self._close_failures.append((errors.SINK, f"{_label(s)}: closing failed: {e}"))
+                log.debug("closing %s failed", s.name, exc_info=True)
+
+    def failures(self) -> list[tuple[int, str]]:
+        """(exit code, one line) for each sink that lost or did not deliver documents."""
+        out = list(self._close_failures)
+        for s in self.all:
+            try:
+                why = s.failure() if hasattr(s, "failure") else None
+            except Exception as e:  # noqa: BLE001  asking must not hide the others
+                why = f"{_label(s)}: cannot tell what was delivered: {e}"
+            if why:
+                out.append((getattr(s, "failure_code", errors.SINK), why))
+        return out
+
+
+def _label(s) -> str:
+    return getattr(s, "label", None) or getattr(s, "name", "output")
+
+
+def exit_code(outputs: Outputs, code: int, *written: int) -> int:
+    """The run's exit code once its outputs are closed: each output failure is
+    one ``detector: error:`` line on stderr; lost documents give 5 (SINK),
+    documents only kept in a spool 6 (PENDING), over any other code but 130
+    (interrupted). ``written``: the codes of other outputs (write_summary)."""
+    fails = outputs.failures()
+    for _, why in fails:
+        print(f"detector: error: {why}", file=sys.stderr, flush=True)
+    codes = [c for c, _ in fails] + [c for c in written if c != errors.OK]
+    if not codes or code == errors.INTERRUPTED:
+        return code
+    return errors.SINK if errors.SINK in codes else max(codes)
+
+
+def open_summary(args: argparse.Namespace):
+    """The --summary-json file, opened (truncated) before anything runs, so a bad
+    path fails at once instead of after the capture was read; None without it."""
+    path = getattr(args, "summary_json", None)
+    if not path:
+        return None
+    from detector.sinks.stream import _open_reason
+
+    try:
+        return open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed by write_summary
+    except OSError as e:
+        raise DetectorError(f"--summary-json {path}: cannot write: {_open_reason(path, e)}",
+                            errors.SINK) from None
+
+
+def write_summary(fh, summary: dict) -> int:
+    """Write and close the --summary-json file; OK, or SINK after one error line."""
+    if fh is None:
+        return errors.OK
+    import json
+
+    try:
+        with fh:
+            json.dump(summary, fh, indent=2)
+            fh.write("\n")
+    except OSError as e:
+        print(f"detector: error: --summary-json {fh.name}: not written: {e.strerror or e}",
+              file=sys.stderr, flush=True)
+        return errors.SINK
+    return errors.OK
 
 
 def build_outputs(args: argparse.Namespace, *, publish_events: bool | None = None) -> Outputs:
@@ -164,15 +234,35 @@ def build_outputs(args: argparse.Namespace, *, publish_events: bool | None = Non
         if publish_events:
             o.raw.append(EventSink(conf))
     out = None
-    if not (o.kafka is not None and args.no_stdout and args.output == "-"):
-        out = open_output(args.output)
-        o.alerts.append(out)
-    if args.events:
-        if args.events_output:
-            o.events.append(open_output(args.events_output))
-        elif out is not None:
-            o.events.append(out)
+    append = getattr(args, "append", False)
+    try:
+        if not (o.kafka is not None and args.no_stdout and args.output == "-"):
+            out = open_output(args.output, append=append, option="-o")
+            o.alerts.append(out)
+        if args.events:
+            if args.events_output and not (out is not None and _same_file(args.events_output, args.output)):
+                o.events.append(open_output(args.events_output, append=append, option="--events-output"))
+            elif out is not None:
+                o.events.append(out)
+    except BaseException:
+        o.close()
+        raise
     return o
+
+
+def _same_file(a: str, b: str) -> bool:
+    """-o and --events-output naming one file share one sink (two would truncate
+    each other's lines)."""
+    import os
+
+    if a == b:
+        return True
+    if "-" in (a, b):
+        return False
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
 
 
 def pipeline_factory(args: argparse.Namespace, rules: RuleSet, outputs: Outputs,
@@ -182,8 +272,8 @@ def pipeline_factory(args: argparse.Namespace, rules: RuleSet, outputs: Outputs,
     latency = _start_metrics(args) if getattr(args, "metrics_port", None) else None
 
     def make() -> Pipeline:
-        pipe = Pipeline(rules, [_NoClose(s) for s in outputs.alerts],
-                        [_NoClose(s) for s in outputs.events + outputs.raw],
+        pipe = Pipeline(rules, [_NoClose(s, "alert") for s in outputs.alerts],
+                        [_NoClose(s, "event") for s in outputs.events + outputs.raw],
                         query_timeout=args.query_timeout, fmt=args.format,
                         suppress_window=args.suppress_window, on_alert=on_alert, latency=latency)
         if latency is not None:
@@ -194,9 +284,11 @@ def pipeline_factory(args: argparse.Namespace, rules: RuleSet, outputs: Outputs,
 
 
 def prepare(args: argparse.Namespace, *, publish_events: bool | None = None,
-            on_alert: Callable[[dict], None] | None = None) -> tuple[Outputs, Lanes]:
+            on_alert: Callable[[dict], None] | None = None,
+            rules: RuleSet | None = None) -> tuple[Outputs, Lanes]:
     """Rules (exit 4 before anything opens), the sinks, then the pipeline lanes over them."""
-    rules = load_ruleset(args)
+    if rules is None:
+        rules = load_ruleset(args)
     outputs = build_outputs(args, publish_events=publish_events)
     return outputs, Lanes(pipeline_factory(args, rules, outputs, on_alert))
 
@@ -204,12 +296,16 @@ def prepare(args: argparse.Namespace, *, publish_events: bool | None = None,
 class _NoClose(Sink):
     """A sink the pipeline writes to but does not close (Outputs closes it once)."""
 
-    def __init__(self, inner: Sink) -> None:
+    def __init__(self, inner: Sink, kind: str = "document") -> None:
         self.inner = inner
         self.name = inner.name
         self.wants_events = getattr(inner, "wants_events", False)
         if self.wants_events:
             self.write_event = inner.write_event
+        if hasattr(inner, "write_conn"):  # the dns-events publisher also carries DoT/DoH connections
+            self.write_conn = inner.write_conn
+        if isinstance(inner, StreamSink):  # it counts what it loses by kind (alerts, events)
+            self.write = functools.partial(inner.write, kind=kind)  # type: ignore[method-assign]
 
     def write(self, doc: dict[str, Any], key: str | None = None) -> None:
         self.inner.write(doc, key)
@@ -228,7 +324,8 @@ def _start_metrics(args: argparse.Namespace):
 def _register_metrics(pipe: Pipeline) -> None:
     from detector import metrics
 
-    metrics.register_stats(pipe.stats)
+    # the suppressor counts repeats as they happen; the pipeline's stats only at close
+    metrics.register_stats(pipe.stats, live={"suppressed": lambda: pipe.suppressor.suppressed})
 
 
 def rules_off(lanes: Lanes) -> dict[str, str]:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 
 from detector import errors
 from detector.capture.layers import DEFAULT_PORTS
-from detector.commands.common import add_pipeline_args, port_list, prepare, print_summary, rules_off
-from detector.errors import DetectorError
+from detector.commands.common import (add_pipeline_args, exit_code, load_ruleset, open_summary, port_list,
+                                      prepare, print_summary, rules_off, write_summary)
 from detector.sources.driver import Progress, drive
-from detector.sources.pcap import PcapSource
+from detector.sources.pcap import PcapSource, check_inputs
 
 HELP = """\
 Replay pcap or pcapng captures through the same pipeline as live capture.
@@ -52,6 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     pp.add_argument("files", nargs="+", metavar="FILE", help="pcap or pcapng capture files")
     pp.add_argument("--ports", type=port_list, default=DEFAULT_PORTS, metavar="P,P,...",
                     help="UDP/TCP ports carrying DNS (default 53,5353,5355)")
+    pp.add_argument("--progress", action="store_true",
+                    help="show the progress line even when stderr is not a terminal (one line a second)")
     pp.add_argument("--no-progress", action="store_true", help="no progress line on a terminal")
     pp.add_argument("-q", "--quiet", action="store_true", help="no progress and no summary")
     pp.add_argument("--summary-json", metavar="FILE", help="also write the summary as JSON")
@@ -63,18 +63,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    for f in args.files:
-        if not os.path.exists(f):
-            raise DetectorError(f"{f}: no such file", errors.USAGE)
-    outputs, lanes = prepare(args)
+    # everything that can be refused is refused before the first packet is read:
+    # inputs (2), rules (4), the summary file and the outputs (5)
+    check_inputs(args.files)
+    rules = load_ruleset(args)
+    summary_file = open_summary(args)
+    outputs, lanes = prepare(args, rules=rules)
     pipe = lanes.get(0)
     source = PcapSource(args.files, args.ports, conns=bool(pipe._conn_detectors))
+    source.on_idle = outputs.flush  # stdin paused: what was written goes out
     if getattr(args, "metrics_port", None):
         from detector import metrics
 
         metrics.register_source(source.stats)
     res = drive(source, lanes, outputs,
-                progress=Progress(not (args.no_progress or args.quiet), source.unit))
+                progress=Progress(not (args.no_progress or args.quiet), source.unit,
+                                  force=args.progress and not args.quiet))
     stats = lanes.stats()
     dec = source.dec
     skipped = source.errors()
@@ -107,13 +111,11 @@ def run(args: argparse.Namespace) -> int:
         if res.interrupted:
             rows.append(("interrupted", "processed the packets before the signal"))
         print_summary("replay summary", rows, stats, skipped)
-    if args.summary_json:
-        with open(args.summary_json, "w") as f:
-            json.dump(summary, f, indent=2)
-    if res.interrupted:
-        return errors.INTERRUPTED
-    if source.truncated:
-        return errors.TRUNCATED
+    code = errors.OK
     if args.fail_on_alert and stats.alerts:
-        return errors.ALERTS
-    return errors.OK
+        code = errors.ALERTS
+    if source.truncated:
+        code = errors.TRUNCATED
+    if res.interrupted:
+        code = errors.INTERRUPTED
+    return exit_code(outputs, code, write_summary(summary_file, summary))

@@ -79,6 +79,10 @@ class Lanes:
         """The counters of every lane, open and closed, summed."""
         from detector.pipeline.run import PipelineStats
 
+        for p in self.pipes.values():  # repeats are counted by the suppressor as they happen
+            sup = getattr(p, "suppressor", None)
+            if sup is not None:
+                p.stats.suppressed = sup.suppressed
         parts = self.closed + [p.stats for p in self.pipes.values()]
         if len(parts) == 1:
             return parts[0]
@@ -92,34 +96,102 @@ class Lanes:
 
 
 class Progress:
-    """A one-line progress display on a terminal (stderr), at most 4 times a second."""
+    """A progress line on stderr: file, share of the bytes of all inputs read, a
+    bar, packets, rate, ETA and alerts so far.
 
-    def __init__(self, enabled: bool, unit: str = "events") -> None:
-        self.enabled = enabled and sys.stderr.isatty()
+    On a terminal it is redrawn in place at most 4 times a second and erased
+    at the end. ``force`` (``--progress``) shows it even when stderr is not a
+    terminal: then one line a second, and a last one at the end. A source
+    whose length is unknown (stdin) gets bytes and packets without share or ETA.
+    """
+
+    def __init__(self, enabled: bool, unit: str = "events", force: bool = False, stream=None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        try:
+            self.tty = self.stream.isatty()
+        except (AttributeError, ValueError):
+            self.tty = False
+        self.enabled = bool(force or (enabled and self.tty))
         self.unit = unit
+        self.interval = 0.25 if self.tty else 1.0
         self.last = 0.0
         self.shown = False
+        self._width = 0
+        self._last_args: tuple | None = None
 
-    def show(self, source: Source, alerts: int, t0: float) -> None:
+    def show(self, source: Source, alerts: int, t0: float, *, final: bool = False) -> None:
         now = time.monotonic()
-        if not self.enabled or now - self.last < 0.25:
+        if not self.enabled:
+            return
+        self._last_args = (source, t0)
+        if not final and now - self.last < self.interval:
             return
         p = source.progress()
         if p is None:
             return
         self.last = now
-        label, frac, count = p
-        pct = 100.0 * frac
-        rate = count / max(now - t0, 1e-9)
-        bar = "#" * int(pct / 5)
-        sys.stderr.write(f"\r{label[-30:]:>30} [{bar:<20}] {pct:5.1f}%  {count:,} {self.unit}  "
-                         f"{rate / 1000:,.0f}k {self.unit}/s  {alerts:,} alerts ")
-        sys.stderr.flush()
+        line = self.line(p, alerts, now - t0, final)
+        w = self.stream.write
+        if self.tty:
+            w("\r" + line.ljust(self._width))
+            self._width = len(line)
+        else:
+            w(line + "\n")
+        self.stream.flush()
         self.shown = True
 
-    def done(self) -> None:
-        if self.shown:
-            sys.stderr.write("\r" + " " * 110 + "\r")
+    def line(self, p: tuple, alerts: int, elapsed: float, final: bool = False) -> str:
+        label, frac, count = p[0], p[1], p[2]
+        nbytes = p[3] if len(p) > 3 else None
+        elapsed = max(elapsed, 1e-6)
+        parts = [f"{label[-30:]:>30}"]
+        if frac is not None:
+            pct = 100.0 * frac
+            parts.append(f"[{'#' * int(pct / 5):<20}] {pct:5.1f}%")
+        elif nbytes is not None:
+            parts.append(_size(nbytes))
+        parts.append(f"{count:,} {self.unit}  {_rate(count / elapsed)} {self.unit}/s")
+        if final:
+            parts.append(f"done in {_clock(elapsed)}")
+        elif frac is not None and frac > 0:
+            parts.append(f"ETA {_clock(elapsed * (1 - frac) / frac)}")
+        parts.append(f"{alerts:,} alerts")
+        return "  ".join(parts)
+
+    def done(self, alerts: int | None = None) -> None:
+        if not self.enabled:
+            return
+        if self.tty:
+            if self.shown:
+                self.stream.write("\r" + " " * self._width + "\r")
+                self.stream.flush()
+        elif self._last_args is not None and alerts is not None:
+            source, t0 = self._last_args
+            self.show(source, alerts, t0, final=True)
+
+
+def _rate(x: float) -> str:
+    if x >= 1e6:
+        return f"{x / 1e6:.1f}M"
+    if x >= 1e4:
+        return f"{x / 1e3:.0f}k"
+    if x >= 1e3:
+        return f"{x / 1e3:.1f}k"
+    return f"{x:.0f}"
+
+
+def _size(n: int) -> str:
+    for unit, f in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= f:
+            return f"{n / f:.1f} {unit}"
+    return f"{n} B"
+
+
+def _clock(sec: float) -> str:
+    sec = int(sec + 0.5)
+    h, rem = divmod(sec, 3600)
+    m, s_ = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s_:02d}" if h else f"{m}:{s_:02d}"
 
 
 def feed(pipe, batch: Batch, on_error: Callable[[Exception], None] | None = None) -> None:
@@ -216,9 +288,12 @@ def drive(source: Source, lanes: Lanes, outputs=None, *, duration: float | None 
         if on_interrupt is not None:
             on_interrupt()
     finally:
-        if progress is not None:
-            progress.done()
         try:
+            if progress is not None and progress.enabled and not progress.tty:
+                # the last line counts what was read; the source still knows it
+                progress.done(lanes.stats().alerts)
+            elif progress is not None:
+                progress.done()
             if not acks:
                 source.close()  # first: a live capture detaches now, not after the flush
             lanes.close_all()

@@ -2,7 +2,8 @@
 
 Files are read one after the other, as one stream (time is each capture's
 own). A batch holds the DNS messages and DoT/DoH connection starts of up to
-``BATCH_PACKETS`` packets, in capture order. A file cut mid-record is not an
+``BATCH_PACKETS`` packets, in capture order. ``-`` is stdin, read as a
+stream (pcap or pcapng): a batch also ends whenever the stream pauses. A file cut mid-record is not an
 error: what came before the cut is processed and the file is listed in
 :attr:`PcapSource.truncated` (exit code 3 in replay).
 """
@@ -32,12 +33,19 @@ class PcapSource(Source):
     def __init__(self, paths: list[str], ports: frozenset[int] = DEFAULT_PORTS, *, conns: bool = True,
                  warn=None) -> None:
         self.paths = list(paths)
+        #: bytes of all the files together (progress), None when one is a stream (stdin)
+        self.total_bytes = check_inputs(self.paths)
         self.dec = PacketDecoder(ports, on_conn=self._on_conn if conns else None)
         self.truncated: list[str] = []
         self.warn = warn if warn is not None else _warn
+        #: called when a stream (stdin) has nothing more for now, after the batch
+        #: before it was handed on: the command flushes its sinks
+        self.on_idle = None
         self._out: list = []
         self._has_conn = False
         self._reader: PcapReader | None = None
+        self._done_bytes = 0  # bytes of the files already read
+        self._label = self.paths[0] if self.paths else ""
 
     def _on_conn(self, ts, transport, ipv, src, sport, dst, dport) -> None:
         self._out.append(ConnEvent(ts, transport, ipv, src, sport, dst, dport))
@@ -52,7 +60,7 @@ class PcapSource(Source):
         if reader.format == "pcap" and lts and lts[0] not in SUPPORTED_LINKTYPES:
             reader.close()
             raise DetectorError(
-                f"{path}: unknown link type {lts[0]}; supported: "
+                f"{_name(path)}: unknown link type {lts[0]}; supported: "
                 + ", ".join(f"{k} {v}" for k, v in sorted(SUPPORTED_LINKTYPES.items())), errors.USAGE)
         return reader
 
@@ -63,36 +71,74 @@ class PcapSource(Source):
         return b
 
     def batches(self) -> Iterator[Batch]:
-        dec = self.dec
-        frame = dec.frame
         for path in self.paths:
             reader = self._reader = self._open(path)
-            n = 0
-            out = self._out
-            for ts, lt, data in reader:
-                evs = frame(ts, lt, data)
-                if evs:
-                    out.extend(evs)
-                n += 1
-                if n >= BATCH_PACKETS:
-                    n = 0
-                    if out:
-                        yield self._take()
-                        out = self._out
-            self._out.extend(dec.flush())  # messages held behind TCP holes
+            self._label = _name(path)
+            if reader.streaming:
+                yield from self._stream(reader)
+            else:
+                yield from self._file(reader)
+            self._out.extend(self.dec.flush())  # messages held behind TCP holes
             if self._out:
                 yield self._take()
             if reader.truncated:
-                self.truncated.append(f"{path}: {reader.truncated_detail}")
-                self.warn(f"{path} is truncated ({reader.truncated_detail}); processed the packets before the cut")
+                self.truncated.append(f"{_name(path)}: {reader.truncated_detail}")
+                self.warn(f"{_name(path)} is truncated ({reader.truncated_detail}); "
+                          "processed the packets before the cut")
+            self._done_bytes += reader.offset
             reader.close()
-        self._reader = None
+            self._reader = None
 
-    def progress(self) -> tuple[str, float, int] | None:
+    def _file(self, reader: PcapReader) -> Iterator[Batch]:
+        frame = self.dec.frame
+        n = 0
+        out = self._out
+        for ts, lt, data in reader:
+            evs = frame(ts, lt, data)
+            if evs:
+                out.extend(evs)
+            n += 1
+            if n >= BATCH_PACKETS:
+                n = 0
+                if out:
+                    yield self._take()
+                    out = self._out
+
+    def _stream(self, reader: PcapReader) -> Iterator[Batch]:
+        """stdin or a pipe: as _file, and what is held goes on whenever the
+        stream pauses (a live `tcpdump -U -w -` gives its alerts as they happen)."""
+        reader.idle_marks = True
+        frame = self.dec.frame
+        n = 0
+        out = self._out
+        for item in reader:
+            if item is None:  # nothing to read right now
+                n = 0
+                if out:
+                    yield self._take()
+                    out = self._out
+                if self.on_idle is not None:
+                    self.on_idle()
+                continue
+            evs = frame(*item)
+            if evs:
+                out.extend(evs)
+            n += 1
+            if n >= BATCH_PACKETS:
+                n = 0
+                if out:
+                    yield self._take()
+                    out = self._out
+
+    def progress(self) -> tuple[str, float | None, int, int] | None:
+        """(file, fraction of the bytes of all files read or None for a stream,
+        packets, bytes read)."""
         r = self._reader
-        if r is None:
-            return None
-        return r.path, (r.offset / r.size if r.size else 1.0), self.dec.packets
+        done = self._done_bytes + (r.offset if r is not None else 0)
+        frac = None
+        if self.total_bytes:
+            frac = min(done / self.total_bytes, 1.0)
+        return self._label, frac, self.dec.packets, done
 
     def errors(self) -> dict[str, int]:
         """Skips and parse errors by kind (for the summary)."""
@@ -110,6 +156,45 @@ class PcapSource(Source):
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+
+
+def check_inputs(paths: list[str]) -> int | None:
+    """Every input is there and readable before the first is read (a bad last
+    file must not stop a run after the others' alerts went out). Returns the
+    bytes of all files, or None when one is stdin (``-``, at most once)."""
+    import os
+    import stat
+
+    total: int | None = 0
+    if paths.count("-") > 1:
+        raise DetectorError("-: stdin can be read only once", errors.USAGE)
+    for p in paths:
+        if p == "-":
+            total = None
+            continue
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            raise DetectorError(f"{p}: no such file", errors.USAGE) from None
+        except OSError as e:
+            raise DetectorError(f"{p}: cannot open: {e.strerror}", errors.USAGE) from None
+        if stat.S_ISDIR(st.st_mode):
+            raise DetectorError(f"{p}: is a directory, not a capture file", errors.USAGE,
+                                f"give the files in it: {p.rstrip('/')}/*.pcap*")
+        if not os.access(p, os.R_OK):
+            raise DetectorError(f"{p}: cannot open: permission denied", errors.USAGE)
+        if stat.S_ISREG(st.st_mode):
+            if st.st_size == 0:
+                raise DetectorError(f"{p}: empty file, not a capture", errors.USAGE)
+            if total is not None:
+                total += st.st_size
+        else:  # a FIFO or a device: read as a stream, size unknown
+            total = None
+    return total
+
+
+def _name(path: str) -> str:
+    return "stdin" if path == "-" else path
 
 
 def _warn(msg: str) -> None:
