@@ -22,14 +22,18 @@ examples:
   detector live --duration 60 --events            eBPF capture with process attribution (root)
   echo example.com | detector score               DGA score per domain
   detector eval dga                               leave-family-out and leave-list-out evaluation
-  detector consume --group detectors              detection as a Kafka consumer group
+  detector consume --kafka kafka:9092 --group detectors   detection as a consumer group
   detector rules check rules/                     validate rule files
 
 exit codes:
   0 ok   1 alerts raised (with --fail-on-alert)   2 usage / bad input file
-  3 capture truncated (processed what was there)   4 invalid rules   5 output failed
+  3 capture truncated (processed what was there)   4 invalid rules
+  5 output failed: alerts or events lost (the message says how many and where)
+  6 delivery pending: alerts not delivered, kept in the Kafka spool
   10 not root   11 BCC missing   12 kernel headers missing   13 BPF program refused
   14 model missing or wrong feature version        130 interrupted
+
+`detector COMMAND --help` gives each command's options, examples and exit codes.
 """
 
 

@@ -26,8 +26,10 @@ def _topic(text: str) -> tuple[str, int]:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("broker", help="run the embedded Kafka-protocol broker (tansu) in the foreground",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="example:\n  detector broker --port 9092 --topic dns-events:4\n"
-                       "  detector replay pcap x.pcap --kafka 127.0.0.1:9092")
+                       epilog="examples:\n  detector broker --port 9092 --topic dns-events:4\n"
+                       "  detector replay pcap x.pcap --kafka 127.0.0.1:9092\n\n"
+                       "exit codes: 0 stopped (Ctrl-C or --duration), 2 bad arguments,\n"
+                       "5 the broker could not start or exited")
     p.add_argument("--port", type=int, metavar="P", help="port on 127.0.0.1 (default: a free one)")
     p.add_argument("--topic", action="append", type=_topic, metavar="NAME[:PARTITIONS]",
                    help="topics to create (default dns-alerts:1 and dns-events:4)")

@@ -30,12 +30,12 @@ Time is the events' own timestamps (``ts``), not the consumer's clock.
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import sys
 
 from detector import errors
-from detector.commands.common import add_pipeline_args, prepare, print_summary
+from detector.commands.common import (add_pipeline_args, exit_code, load_ruleset, open_summary, prepare,
+                                      print_summary, write_summary)
 from detector.errors import DetectorError
 from detector.sources.driver import drive
 
@@ -43,6 +43,9 @@ EXAMPLES = """\
 examples:
   detector consume --kafka kafka:9092 --group detectors --no-stdout
   detector consume --kafka 127.0.0.1:9092 --group g --max-idle 10 -o alerts.jsonl
+
+exit codes: 0 ok, 1 alerts (with --fail-on-alert), 2 bad arguments, 4 invalid rules,
+5 output failed or Kafka unreachable, 6 alerts kept in the Kafka spool, not delivered
 """
 
 
@@ -68,8 +71,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.kafka:
         raise DetectorError("consume needs --kafka BOOTSTRAP (or DETECTOR_KAFKA)", errors.USAGE)
     conf = kafka_config_from_args(args)
+    rules = load_ruleset(args)
+    summary_file = open_summary(args)
     # events read from the topic are not published back to it
-    outputs, lanes = prepare(args, publish_events=False)
+    outputs, lanes = prepare(args, publish_events=False, rules=rules)
     try:
         source = KafkaSource(conf, args.group, max_idle=args.max_idle, max_events=args.max_events)
     except BaseException:
@@ -96,10 +101,6 @@ def run(args: argparse.Namespace) -> int:
         print_summary("consume summary", [("group", args.group), ("partitions", sorted(lanes.seen)),
                                           ("events processed", f"{source.processed:,}"),
                                           ("time", f"{res.seconds:.2f} s")], stats, dict(source.skipped))
-    if args.summary_json:
-        with open(args.summary_json, "w") as f:
-            json.dump(summary, f, indent=2)
     # a signal is how a group member is told to leave: a clean stop, not an error
-    if args.fail_on_alert and stats.alerts:
-        return errors.ALERTS
-    return errors.OK
+    code = errors.ALERTS if args.fail_on_alert and stats.alerts else errors.OK
+    return exit_code(outputs, code, write_summary(summary_file, summary))

@@ -27,7 +27,12 @@ DEMO_ALLOWLIST = "demo-allowlist.yaml"
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo", help="embedded broker + live capture (or the bundled capture): see it work",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  detector demo                      live capture when possible, else the bundled capture\n"
+        "  detector demo --source pcap --no-broker\n"
+        "  detector demo --pcap capture.pcap  your own capture through the embedded broker\n\n"
+        "exit codes: those of `detector replay pcap` or `detector live` (see `detector --help`);\n"
+        "5 also when no alert reached the embedded broker's topic")
     p.add_argument("--source", choices=("auto", "live", "pcap"), default="auto",
                    help="auto: live capture when root and BCC allow, else the bundled capture")
     p.add_argument("--pcap", metavar="FILE", help="replay this capture instead of the bundled one")

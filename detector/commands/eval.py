@@ -26,7 +26,11 @@ from detector.errors import DetectorError
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a model (dga: leave-family-out, leave-list-out)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n  detector eval dga --stored         the figures recorded in the shipped model\n"
+                       "  detector eval dga --limit 500      a quick recomputation\n"
+                       "  detector eval dga --json | jq .families\n\n"
+                       "exit codes: 0 ok, 2 no shared data folder, 14 model or training script missing")
     p.add_argument("what", choices=("dga",), help="what to evaluate")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--stored", action="store_true",

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import threading
 
 from detector import errors
-from detector.commands.common import add_pipeline_args, port_list, prepare, print_summary, rules_off
+from detector.commands.common import (add_pipeline_args, exit_code, load_ruleset, open_summary, port_list,
+                                      prepare, print_summary, rules_off, write_summary)
 from detector.sources.driver import drive
 
 #: set while probes are attached (the demo starts its sample traffic on it)
@@ -37,8 +37,10 @@ examples:
   detector live --kafka kafka:9092 --publish-events --no-stdout   a sensor feeding consumers
   detector live --ports 53,5353,8053 --metrics-port 9464
 
-exit codes: 0 ok, 1 alerts (with --fail-on-alert), 10 not root, 11 BCC missing,
-12 kernel headers missing, 13 BPF program refused (verifier log above), 130 interrupted
+exit codes: 0 ok, 1 alerts (with --fail-on-alert), 2 bad arguments, 4 invalid rules,
+5 output failed (alerts or events lost; the message says how many), 6 alerts kept in
+the Kafka spool, not delivered, 10 not root, 11 BCC missing, 12 kernel headers
+missing, 13 BPF program refused (verifier log above), 130 interrupted
 """
 
 
@@ -65,7 +67,9 @@ def run(args: argparse.Namespace) -> int:
     from detector.sources.live import LiveSource
 
     check_requirements()  # before building sinks: a clear error first
-    outputs, lanes = prepare(args)
+    rules = load_ruleset(args)
+    summary_file = open_summary(args)
+    outputs, lanes = prepare(args, rules=rules)
     try:
         source = LiveSource(args.ports)
     except BaseException:
@@ -104,11 +108,9 @@ def run(args: argparse.Namespace) -> int:
                                                 f"backlog {cs.get('shed_backlog', 0):,})"))
         errs = {k: v for k, v in cs.items() if k in ("parse_errors", "truncated_copies") and v}
         print_summary("live capture summary", rows, stats, errs)
-    if args.summary_json:
-        with open(args.summary_json, "w") as f:
-            json.dump(summary, f, indent=2)
-    if res.interrupted:
-        return errors.INTERRUPTED
+    code = errors.OK
     if args.fail_on_alert and stats.alerts:
-        return errors.ALERTS
-    return errors.OK
+        code = errors.ALERTS
+    if res.interrupted:
+        code = errors.INTERRUPTED
+    return exit_code(outputs, code, write_summary(summary_file, summary))

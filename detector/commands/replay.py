@@ -33,21 +33,29 @@ examples:
   detector replay pcap dns.pcap                      alerts (ECS JSON lines) on stdout
   detector replay pcap dns.pcap --events --format jsonl | jq .qname
   detector replay pcap a.pcap b.pcapng -o alerts.jsonl --fail-on-alert
+  tcpdump -U -w - port 53 | detector replay pcap -   a capture read from stdin as it comes
   detector replay pcap mdns.pcap --ports 53,5353,5355,8053
   detector replay pcap site.pcap --resolvers 10.0.0.53,10.0.1.0/24   flag DNS to any other server
 
-exit codes: 0 ok, 1 alerts (with --fail-on-alert), 2 bad input, 3 capture truncated,
-4 invalid rules, 5 output failed
+-o FILE is truncated first (--append adds to it). Inputs, rules, --summary-json
+and the outputs are checked before the first packet is read.
+
+exit codes: 0 ok, 1 alerts (with --fail-on-alert), 2 bad input (missing, a folder,
+not a capture), 3 capture truncated (what was there was processed), 4 invalid rules,
+5 output failed (alerts or events lost; the message says how many), 6 alerts kept
+in the Kafka spool, not delivered, 130 interrupted
 """
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("replay", help="run the pipeline over captures (pcap, pcapng)",
-                       description="Run the pipeline over recorded traffic.")
+                       description="Run the pipeline over recorded traffic.", epilog=EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     rs = p.add_subparsers(dest="source", metavar="SOURCE")
     pp = rs.add_parser("pcap", help="pcap or pcapng files", description=HELP, epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    pp.add_argument("files", nargs="+", metavar="FILE", help="pcap or pcapng capture files")
+    pp.add_argument("files", nargs="+", metavar="FILE",
+                    help="pcap or pcapng capture files; - is stdin (pcap or pcapng, read as a stream)")
     pp.add_argument("--ports", type=port_list, default=DEFAULT_PORTS, metavar="P,P,...",
                     help="UDP/TCP ports carrying DNS (default 53,5353,5355)")
     pp.add_argument("--progress", action="store_true",

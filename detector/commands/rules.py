@@ -9,14 +9,26 @@ from detector import errors
 from detector.commands.common import load_ruleset
 
 
+RULES_EPILOG = """\
+examples:
+  detector rules check                 the shipped rules/
+  detector rules check my-rules/ extra.yaml
+  detector rules list
+
+exit codes: 0 ok, 4 a rule file is invalid (FILE:LINE: what is wrong)
+"""
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("rules", help="validate and list detection rules (rules/*.yaml)",
                        description="Rules are YAML files, one rule each (or kind: allowlist). "
-                       "An invalid file is reported as FILE:LINE: what is wrong.")
+                       "An invalid file is reported as FILE:LINE: what is wrong.",
+                       epilog=RULES_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     rs = p.add_subparsers(dest="action", metavar="ACTION")
     for name, helptext in (("check", "validate rule files; exit 4 on the first error"),
                            ("list", "list the rules that would be loaded")):
-        q = rs.add_parser(name, help=helptext)
+        q = rs.add_parser(name, help=helptext, description=helptext, epilog=RULES_EPILOG,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
         q.add_argument("rules", nargs="*", metavar="PATH", help="files or folders (default: rules/)")
         q.set_defaults(func=run, action=name)
     p.set_defaults(func=lambda a: (p.print_help(), errors.USAGE)[1])

@@ -1,10 +1,10 @@
 """`detector score [FILE...]`: DGA score of domain names, one JSON object per line.
 
 Reads names one per line from the files (or stdin), scores them in batches
-with the shipped model, and writes for each input line
+with the shipped model, and writes for each input line one JSON object; the
+shipped model says, for example:
 
-    {"domain": "kngaqqsiczh.net", "dga_score": 0.9993, "dga_alert": true,
-     "top_features": {"trigram_ll": -6.9, "word_cover": 0.27, "vowel_ratio": 0.18}}
+@EXAMPLE@
 
 Names the detector never scores (reverse lookups, .local, single labels,
 _tcp. service names) get ``dga_score`` 0 and an ``excluded`` reason. Repeated
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterator
 
@@ -26,9 +27,48 @@ CHUNK = 32768
 _CACHE_MAX = 1 << 20
 
 
+#: names for the help's example; their scores come from the shipped model when
+#: the help is shown, so the example never goes stale (tests/test_cli.py checks it)
+EXAMPLE_NAMES = ("bpujwsmplvftnqcx.ru", "wikipedia.org", "1.0.0.127.in-addr.arpa")
+
+EPILOG = """\
+examples:
+  echo bpujwsmplvftnqcx.ru | detector score
+  detector score names.txt -o scores.jsonl --top 0
+  detector score tranco.csv --threshold 0.9 | jq -r 'select(.dga_alert) | .domain'
+
+-o FILE is truncated first. exit codes: 0 ok, 2 an input file cannot be read,
+5 output failed (the message says after how many names), 14 model missing or
+built for another feature version
+"""
+
+
+def example_text(model_path: str | None = None) -> str:
+    """The example of the help: EXAMPLE_NAMES scored by the shipped model, as
+    `detector score` prints them (indented)."""
+    try:
+        from detector.detect.dga.model import DgaModel
+
+        sc = Scorer(DgaModel.load(model_path))
+        lines = sc.lines(list(EXAMPLE_NAMES))
+    except Exception as e:  # noqa: BLE001  the help must show even without a model
+        return f"    (no example: the model cannot be loaded: {e})"
+    return "\n".join(f"    $ echo {n} | detector score\n    {line}" for n, line in zip(EXAMPLE_NAMES, lines))
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Fills @EXAMPLE@ when the help is shown, not when the parser is built
+    (every command builds every parser; loading the model costs a second)."""
+
+    def add_text(self, text):  # noqa: ANN001
+        if text and "@EXAMPLE@" in text:
+            text = text.replace("@EXAMPLE@", example_text())
+        super().add_text(text)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("score", help="DGA score of domain names (one per line)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=__doc__, epilog=EPILOG, formatter_class=_HelpFormatter)
     p.add_argument("files", nargs="*", metavar="FILE", help="files of names, one per line (default: stdin)")
     p.add_argument("--model", metavar="PATH", help="model artefact (default models/dga.joblib)")
     p.add_argument("--threshold", type=float, metavar="T",
@@ -140,22 +180,35 @@ class Scorer:
 
 def run(args: argparse.Namespace) -> int:
     from detector.detect.dga.model import DgaModel
+    from detector.sinks.stream import _open_reason
 
     model = DgaModel.load(args.model)
     sc = Scorer(model, args.threshold, args.top)
     if args.output == "-":
-        out = sys.stdout
+        sys.stdout.flush()
+        fd, where = sys.stdout.fileno(), "stdout"
     else:
+        where = f"-o {args.output}"
         try:
-            out = open(args.output, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+            fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         except OSError as e:
-            raise DetectorError(f"{args.output}: cannot write: {e.strerror}", errors.USAGE) from None
+            raise DetectorError(f"{where}: cannot write: {_open_reason(args.output, e)}", errors.SINK) from None
+    written = 0
     try:
         for chunk in _chunks(args.files):
-            out.write("\n".join(sc.lines(chunk)))
-            out.write("\n")
-        out.flush()
+            data = ("\n".join(sc.lines(chunk)) + "\n").encode()
+            done = 0
+            try:
+                while done < len(data):
+                    done += os.write(fd, memoryview(data)[done:])
+            except BrokenPipeError:
+                raise
+            except OSError as e:
+                written += data[:done].count(b"\n")
+                raise DetectorError(f"{where}: write failed after {written:,} scores: {e.strerror or e}; "
+                                    "the rest are not written", errors.SINK) from None
+            written += len(chunk)
     finally:
-        if out is not sys.stdout:
-            out.close()
+        if fd != sys.stdout.fileno() or args.output != "-":
+            os.close(fd)
     return errors.OK

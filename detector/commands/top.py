@@ -37,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="examples:\n  detector top --kafka 127.0.0.1:9092\n"
                        "  detector top --kafka kafka:9092 --once --json | jq .entities\n"
-                       "  detector top capture.pcap -n 20")
+                       "  detector top capture.pcap -n 20\n\n"
+                       "exit codes: 0 ok, 2 bad input file, 4 invalid rules, 5 Kafka unreachable")
     p.add_argument("files", nargs="*", metavar="FILE", help="captures to summarise instead of Kafka")
     p.add_argument("-n", "--top", type=int, default=10, metavar="N", help="rows per table (default 10)")
     p.add_argument("--once", action="store_true", help="print one snapshot and exit")
