@@ -143,7 +143,9 @@ def test_ocsf_rendering():
     pipe.close()
     d = out.docs[0]
     assert d["class_uid"] == 2004 and d["type_uid"] == 200401
-    assert d["finding_info"]["attacks"][0]["technique"]["uid"] == "T1568.002"
+    # the sub-technique apart from its parent (OCSF attack.sub_technique)
+    assert d["finding_info"]["attacks"][0]["technique"]["uid"] == "T1568"
+    assert d["finding_info"]["attacks"][0]["sub_technique"]["uid"] == "T1568.002"
     assert d["evidences"][0]["query"]["hostname"]
 
 

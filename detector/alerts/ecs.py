@@ -72,13 +72,18 @@ def technique_names(name: str, has_sub: bool) -> tuple[str, str]:
     return name, ""
 
 
+def opcode_name(op: int) -> str:
+    """QUERY, NOTIFY...; OPCODE<n> for an unassigned one (as TYPE<n>, RCODE<n>)."""
+    return OPCODES.get(op) or f"OPCODE{op}"
+
+
 def dns_fields(ev: DnsEvent) -> dict[str, Any]:
     qr = ev.flags & 0x8000
     e = ev.edns
     d: dict[str, Any] = {
-        "id": ev.id,
+        "id": str(ev.id),  # a keyword in ECS
         "type": "answer" if qr else "query",
-        "op_code": OPCODES.get(ev.opcode, str(ev.opcode)),
+        "op_code": opcode_name(ev.opcode),
         "header_flags": header_flags(ev.flags, e is not None and e.do),
     }
     if qr:
@@ -107,7 +112,9 @@ def dns_fields(ev: DnsEvent) -> dict[str, Any]:
                 r["class"] = cls
             answers.append(r)
         d["answers"] = answers
-        ips = [a.data for a in ev.answers if a.rtype in (1, 28)]
+        # an A or AAAA record of the wrong length decodes to hex or "": not an address
+        ips = [a.data for a in ev.answers
+               if (a.rtype == 1 and a.data.count(".") == 3) or (a.rtype == 28 and ":" in a.data)]
         if ips:
             d["resolved_ip"] = ips
     return d
