@@ -67,6 +67,14 @@ class KafkaConfig:
     def servers(self) -> list[str]:
         return [s.strip() for s in self.bootstrap.split(",") if s.strip()]
 
+    @property
+    def cluster_key(self) -> str:
+        """A folder name for this cluster's spool: the bootstrap addresses, sorted
+        (``127.0.0.1_9092,kafka_19092``), so records kept for one cluster are only
+        ever re-sent to that cluster."""
+        key = ",".join(sorted(s.lower() for s in self.servers)) or "none"
+        return "".join(c if c.isalnum() or c in ".,-" else "_" for c in key)[:200]
+
     def _common(self) -> dict[str, Any]:
         kw: dict[str, Any] = {"bootstrap_servers": self.servers, "client_id": self.client_id,
                               "security_protocol": self.security_protocol,

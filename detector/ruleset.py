@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from detector.events import DnsEvent
+from detector.events import ConnEvent, DnsEvent
 
 SEVERITIES = ("low", "medium", "high", "critical")
 
@@ -35,7 +35,7 @@ class RuleError(ValueError):
 @dataclass
 class Allowlist:
     domains: tuple[str, ...] = ()  # suffixes: "example.com" covers "a.example.com"
-    processes: frozenset[str] = frozenset()  # comm or exe basename
+    processes: frozenset[str] = frozenset()  # process name, comm or exe basename
     resolvers: tuple[Any, ...] = ()  # ip networks
     clients: tuple[Any, ...] = ()  # ip networks
 
@@ -60,11 +60,14 @@ class Allowlist:
             s = self.__dict__["_domain_set"] = frozenset(self.domains)
         return s
 
-    def covers_process(self, ev: DnsEvent) -> bool:
+    def covers_process(self, ev: DnsEvent | ConnEvent) -> bool:
+        """The event's process is listed: by process name, thread name (comm) or
+        executable basename."""
         p = ev.process
         if p is None or not self.processes:
             return False
-        return p.comm in self.processes or os.path.basename(p.exe) in self.processes
+        return (p.name in self.processes or p.comm in self.processes
+                or os.path.basename(p.exe) in self.processes)
 
     def covers_resolver(self, ip: str) -> bool:
         return _in_nets(ip, self.resolvers)

@@ -116,7 +116,7 @@ def alert_ids(docs) -> list[str]:
 
 
 def spool_files(spool: Path) -> list[Path]:
-    return sorted(spool.glob("*/seg-*.jsonl"))
+    return sorted(spool.glob("*/*/seg-*.jsonl"))  # <spool>/<cluster>/<topic>/seg-*
 
 
 # --- 1. alerts on the topic == the JSONL sink ----------------------------------
@@ -152,8 +152,8 @@ def test_broker_down_at_start_spools_then_later_run_delivers(work):
     spool = work / "spool"
     args = ["--rules", str(work / "rules.yaml"), "--kafka", f"127.0.0.1:{port}", "--spool-dir", str(spool), "-q"]
     r = run_detector("replay", "pcap", str(pcap), *args, "-o", str(work / "a.jsonl"), timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert "unreachable" in r.stderr and "spool" in r.stderr
+    assert r.returncode == 6, r.stderr  # delivery pending: the alerts wait in the spool
+    assert "unreachable" in r.stderr and "500 alerts record(s) not delivered" in r.stderr
     produced = alert_ids(json_lines((work / "a.jsonl").read_text()))
     assert len(produced) == 500
     assert spool_files(spool)
@@ -166,6 +166,40 @@ def test_broker_down_at_start_spools_then_later_run_delivers(work):
     assert set(got) == set(produced)
     assert len(got) == len(produced)  # nothing delivered twice here
     assert got == produced  # the spool keeps order
+    assert not spool_files(spool)
+
+
+def test_spooled_alerts_go_only_to_their_own_cluster(work):
+    """Alerts kept for one broker are never flushed into another: the spool is a
+    folder per cluster (bootstrap addresses), and the cluster id written there
+    must match the broker that answers."""
+    pcap = make_pcap(work / "a.pcap", 50)
+    quiet = make_pcap(work / "quiet.pcap", 0, extra=[("10.0.0.9", "www.example.org")])
+    port = free_port()
+    spool = work / "spool"
+    common = ["--rules", str(work / "rules.yaml"), "--spool-dir", str(spool), "-q", "--no-stdout"]
+    r = run_detector("replay", "pcap", str(pcap), "--kafka", f"127.0.0.1:{port}", *common, timeout=120)
+    assert r.returncode == 6, r.stderr
+    kept = spool_files(spool)
+    assert kept and all(p.parent.parent.name == f"127.0.0.1_{port}" for p in kept)
+    with EmbeddedBroker(topics={"dns-alerts": 1}) as other:  # an unrelated broker, same spool folder
+        r2 = run_detector("replay", "pcap", str(quiet), "--kafka", other.bootstrap, *common, timeout=120)
+        assert r2.returncode == 0, r2.stderr
+        assert "re-sent" not in r2.stderr
+        assert read_topic(other.bootstrap, "dns-alerts") == []
+    assert spool_files(spool)[:len(kept)] == kept  # still waiting for their own cluster
+    # the right address but another cluster id (a broker rebuilt at the same address)
+    (spool / f"127.0.0.1_{port}" / "cluster-id").write_text("some-other-cluster\n")
+    with EmbeddedBroker(topics={"dns-alerts": 1}, port=port) as b:
+        r3 = run_detector("replay", "pcap", str(quiet), "--kafka", b.bootstrap, *common, timeout=120)
+        assert r3.returncode == 6, r3.stderr
+        assert "kept for Kafka cluster some-other-cluster" in r3.stderr
+        assert read_topic(b.bootstrap, "dns-alerts") == []
+    (spool / f"127.0.0.1_{port}" / "cluster-id").unlink()
+    with EmbeddedBroker(topics={"dns-alerts": 1}, port=port) as b:
+        r4 = run_detector("replay", "pcap", str(quiet), "--kafka", b.bootstrap, *common, timeout=120)
+        assert r4.returncode == 0, r4.stderr
+        assert len(read_topic(b.bootstrap, "dns-alerts")) == 50
     assert not spool_files(spool)
 
 
@@ -278,14 +312,16 @@ def test_consumer_group_shares_partitions_and_matches_single_consumer(work):
     assert set(group_ids) == set(ref_ids)
     topic_ids = alert_ids(v for _, v, _ in alerts_topic)
     assert set(topic_ids) == set(ref_ids)  # group + single both published to dns-alerts
-    # the sensor packs events (version 2 records), and a domain's events stay on one partition
+    # the sensor packs events (version 2 records), and an entity's (here: a client's)
+    # queries and responses stay on one partition
     assert all(v["v"] == 2 for _, v, _ in events_topic)
     assert max(len(v["evs"]) for _, v, _ in events_topic) > 50
     where: dict[str, set[int]] = {}
     for _, v, part in events_topic:
         for ev in v["evs"]:
-            where.setdefault(".".join(ev["q"][0][0].split(".")[-2:]), set()).add(part)
-    assert where["evil0.com"] and all(len(ps) == 1 for d, ps in where.items() if d.startswith("evil"))
+            client = ev["d"][0] if ev["f"] & 0x8000 else ev["s"][0]
+            where.setdefault(client, set()).add(part)
+    assert len(where) >= 600 and all(len(ps) == 1 for ps in where.values())
     assert len(set().union(*where.values())) == 4
 
 

@@ -13,16 +13,20 @@ same ``event.id`` (a stable hash of rule, entity, domain and window start),
 so consumers of dns-alerts drop duplicates by alert id and revision (a higher
 revision of the same id is the same alert, updated).
 
-State: sensors key events by registered domain, so one domain's queries,
-responses and windows are on one partition. Each assigned partition gets its
+State: sensors key events by detection entity (the process when known, else
+the client), so one entity's queries, responses, DoT/DoH connections and
+windows are on one partition. Each assigned partition gets its
 own pipeline (correlation, detector windows, suppression), so the alerts do
 not depend on how partitions are spread over the group members. On a
 rebalance, a revoked partition's pipeline is closed (its open windows are
 flushed as alerts) and its offsets committed; the new owner starts empty
 windows from the committed offset. Windows that span a rebalance may be cut
-in two (an alert may be raised early or twice, never lost). Per-client
-windows that span domains (e.g. NXDOMAIN bursts) see only their partition's
-share of that client's traffic.
+in two (an alert may be raised early or twice, never lost). Without a
+rebalance the group raises exactly the alerts of one replay for every
+per-entity rule (tests/test_group_parity.py). Aggregates across clients see
+only their partition's share: a random-subdomain flood against one domain
+from many clients, a resolver's overall health (per-process health is exact)
+and prevalence (how many clients resolve a name).
 
 Time is the events' own timestamps (``ts``), not the consumer's clock.
 """

@@ -115,5 +115,5 @@ def entity_of(ev: DnsEvent) -> str:
         return e
     p = ev.process
     if p is not None and p.pid:
-        return f"{p.comm or '?'}[{p.pid}]"
+        return f"{p.name or p.comm or '?'}[{p.pid}]"
     return ev.client[0]

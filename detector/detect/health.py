@@ -1,6 +1,8 @@
 """DNS health: p99 latency and failure rate per resolver and per process.
 
-Over tumbling windows of event time, for every resolver (server address) and
+Over tumbling windows of event time, aligned to multiples of ``window`` since
+the epoch (so a window and its alert id do not depend on where a stream or a
+partition started), for every resolver (server address) and
 every (entity, resolver) pair (entity = the process when known, else the
 client), the detector keeps a bounded latency sample and counts answered
 queries, SERVFAILs and timeouts ("unanswered" events from correlate).
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import math
 import random
+import zlib
 from collections import OrderedDict
 
 from detector.detect.base import Detector, entity_of, register
@@ -34,7 +37,7 @@ SAMPLE = 2048  # latencies kept per key per window (reservoir)
 
 
 class _Win:
-    __slots__ = ("n", "fail", "servfail", "timeouts", "lat", "seen", "ev")
+    __slots__ = ("n", "fail", "servfail", "timeouts", "lat", "seen", "ev", "rand")
 
     def __init__(self) -> None:
         self.n = 0
@@ -44,6 +47,7 @@ class _Win:
         self.lat: list[float] = []
         self.seen = 0  # latencies offered to the reservoir
         self.ev: DnsEvent | None = None
+        self.rand = None  # the reservoir's own random stream, once it overflows
 
     def p(self, q: float) -> float | None:
         if not self.lat:
@@ -70,9 +74,8 @@ class Health(Detector):
     def __init__(self, rule, rules) -> None:
         super().__init__(rule, rules)
         self.wins: OrderedDict[tuple[str, str], _Win] = OrderedDict()
-        self.start: float | None = None
-        self.rng = random.Random(0)
-        self._rand = self.rng.random
+        self.cur: int | None = None  # the open window: [cur * window, (cur + 1) * window)
+        self._window = float(self.p["window"])
         self._per_process = bool(self.p["per_process"])
         self._max_keys = int(self.p["max_keys"])
         self.last: dict[str, dict] = {}  # resolver -> figures of the last closed window
@@ -80,9 +83,10 @@ class Health(Detector):
 
     def process(self, ev: DnsEvent) -> list[Finding]:
         out: list[Finding] = []
-        if self.start is None:
-            self.start = ev.ts
-        elif ev.ts - self.start >= self.p["window"]:
+        idx = int(ev.ts // self._window)
+        if self.cur is None:
+            self.cur = idx
+        elif idx > self.cur:
             out = self.tick(ev.ts)
         if ev.dst_port in MULTICAST_DNS_PORTS or ev.src_port in MULTICAST_DNS_PORTS:
             return out  # mDNS / LLMNR: answered by peers, if at all
@@ -119,23 +123,26 @@ class Health(Detector):
                 if len(w.lat) < SAMPLE:
                     w.lat.append(lat)
                 else:
-                    j = int(self._rand() * w.seen)  # reservoir sampling (Algorithm R)
+                    if w.rand is None:  # seeded by the key: the same sample whatever else is interleaved
+                        w.rand = random.Random(zlib.crc32(f"{k[0]}|{k[1]}".encode())).random
+                    j = int(w.rand() * w.seen)  # reservoir sampling (Algorithm R)
                     if j < SAMPLE:
                         w.lat[j] = lat
         return out
 
     def tick(self, now: float) -> list[Finding]:
-        if self.start is None or now - self.start < self.p["window"]:
+        if self.cur is None or now < (self.cur + 1) * self._window:
             return []
         out: list[Finding] = []
         wins, self.wins = self.wins, OrderedDict()
-        self.start = now
+        end = (self.cur + 1) * self._window  # the window's end is the findings' time
+        self.cur = int(now // self._window)
         for (ent, srv), w in wins.items():
             if not ent:
                 self.last[srv] = self._figures(w)
             if w.n < self.p["min_samples"]:
                 continue
-            out.extend(self._judge(ent, srv, w, now))
+            out.extend(self._judge(ent, srv, w, end))
         if len(self.last) > self.p["max_keys"]:
             self.last.clear()
         return out

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from detector.detect.base import NAME_CACHE, Detector, entity_of, register
 from detector.dns.names import under
-from detector.events import ConnEvent, DnsEvent, Finding
+from detector.events import ConnEvent, DnsEvent, Finding, conn_entity
 from detector.ruleset import Allowlist, RuleSet
 
 log = logging.getLogger(__name__)
@@ -238,11 +238,9 @@ class ResolverBypass(Detector):
             return []
         if self.rule.allowlist.covers_resolver(c.dst_ip) or self.rules.allowlist.covers_resolver(c.dst_ip):
             return []
-        p = c.process
-        if p is not None and (p.comm in self.rule.allowlist.processes
-                              or os.path.basename(p.exe) in self.rule.allowlist.processes):
+        if self.rule.allowlist.covers_process(c):
             return []
-        ent = f"{p.comm or '?'}[{p.pid}]" if p is not None and p.pid else c.src_ip
+        ent = conn_entity(c)
         what = {"dot": "DNS over TLS", "doq": "DNS over QUIC", "doh": "DNS over HTTPS"}[method]
         f = self.finding(
             None, score=0.8, entity=ent, domain=c.dst_ip, ts=c.ts,

@@ -82,6 +82,7 @@ class Pipeline:
         # a sink with wants_events takes the enriched DnsEvent itself (the dns-events
         # publisher); the others take the rendered document
         self._raw_sinks = [s.write_event for s in self.event_sinks if getattr(s, "wants_events", False)]
+        self._conn_sinks = [s.write_conn for s in self.event_sinks if hasattr(s, "write_conn")]
         self._doc_sinks = [s for s in self.event_sinks if not getattr(s, "wants_events", False)]
         self.fmt = fmt
         self.correlator = Correlator(query_timeout)
@@ -127,7 +128,10 @@ class Pipeline:
             process(ev)
 
     def process_conn(self, conn: object) -> None:
-        """Feed a non-DNS connection record (DoT, DoH) to detectors that want it."""
+        """Feed a non-DNS connection record (DoT, DoH) to the event publisher and the
+        detectors that want it."""
+        for w in self._conn_sinks:
+            w(conn)
         for d in self._conn_detectors:
             self._findings(d, self._call(d, d.process_conn, conn))
 

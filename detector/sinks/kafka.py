@@ -12,11 +12,16 @@ blocks for long: ``max_block_ms``, ``request_timeout_ms`` and ``delivery_timeout
 bound every call, and ``close()`` is bounded too.
 
 Keys: alerts are keyed by rule, entity and campaign (``rule|entity|key``), so
-every revision of one alert lands on one partition, in order. Events are keyed by registered
-domain as well, so that a domain's queries, responses and windows (DGA,
-tunneling per domain) land on one partition and therefore one consumer of
-the group; a client's windows that span domains (e.g. NXDOMAIN bursts)
-are per partition, see docs in detector/commands/consume.py.
+every revision of one alert lands on one partition, in order. Events are keyed
+by their detection entity (the process ``name[pid]`` when known, else the
+client address: ``DnsEvent.entity``), and DoT/DoH connection records travel
+in the same packs, so everything a per-entity window holds (tunneling and
+exfiltration per entity and domain, DGA campaigns per host, per-process
+health, resolver policy and bypass) lands on one partition and therefore one
+consumer of the group, which then raises the alerts one replay would
+(tests/test_group_parity.py). Aggregates across clients (floods against one
+domain, a resolver's overall health, prevalence) see their partition's share,
+see detector/commands/consume.py.
 """
 
 from __future__ import annotations
@@ -27,11 +32,13 @@ import socket
 import sys
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 from detector import errors
 from detector.errors import DetectorError
-from detector.events import UNANSWERED, WIRE_VERSION, events_to_record, to_wire_fields
+from detector.events import (UNANSWERED, WIRE_VERSION, conn_entity, conn_to_wire, events_to_record,
+                              to_wire_fields)
 from detector.kafkaconf import KafkaConfig
 from detector.sinks.base import Sink
 from detector.sinks.spool import Spool, SpoolError, SpoolFull
@@ -98,7 +105,7 @@ class ReliableProducer(Sink):
         if batch_size is not None:
             self._extra["batch_size"] = batch_size
         try:
-            self.spool = Spool(conf.spool_dir, topic, conf.spool_max_bytes)
+            self.spool = Spool(Path(conf.spool_dir) / conf.cluster_key, topic, conf.spool_max_bytes)
         except SpoolError as e:
             raise DetectorError(str(e), errors.SINK, "pass --spool-dir DIR (a writable folder)") from None
         if log.getEffectiveLevel() > logging.DEBUG:
@@ -110,9 +117,12 @@ class ReliableProducer(Sink):
         self._next_probe = 0.0
         self._closed = False
         self._warned_down = False
+        self._warned_cluster = False
         ACTIVE.append(self)
         if self._connect():
-            if self.spool.records:
+            if not self.spool.records:
+                self.spool.claim(self._cluster_id())  # this folder now belongs to that cluster
+            else:
                 n = self.spool.records
                 self._recover(probe=False)
                 if not self.spooling:
@@ -137,6 +147,18 @@ class ReliableProducer(Sink):
             log.debug("producer for %s: %s", self.conf.bootstrap, e)
             self.producer = None
             return False
+
+    def _cluster_id(self) -> str | None:
+        """The id of the cluster the producer reached (None before its first metadata)."""
+        md = getattr(self.producer, "_metadata", None)
+        cid = getattr(md, "cluster_id", None)
+        if cid is None and self.producer is not None:
+            try:
+                self.producer.partitions_for(self.topic)  # one metadata request, bounded by max_block_ms
+            except Exception as e:  # noqa: BLE001  KafkaTimeoutError
+                log.debug("metadata of %s: %s", self.topic, e)
+            cid = getattr(md, "cluster_id", None)
+        return cid
 
     def _reachable(self) -> bool:
         for s in self.conf.servers:
@@ -246,6 +268,15 @@ class ReliableProducer(Sink):
             return
         self.spool.close()
         before = self.spool.records
+        other = self.spool.claim(self._cluster_id())
+        if other is not None:
+            if not self._warned_cluster:
+                self._warned_cluster = True
+                _warn(f"{self.spool.dir} holds {self.what} kept for Kafka cluster {other}, but "
+                      f"{self.conf.bootstrap} is cluster {self._cluster_id()}: they are not sent here "
+                      f"(move the folder away or point --kafka at that cluster)")
+            self._down("another cluster")
+            return
         try:
             self.replayed += self.spool.drain(self._send_batch)
         except OSError as e:
@@ -321,12 +352,23 @@ class ReliableProducer(Sink):
         self._closed = True
         self.spool.close()
         self._drop_producer()
-        if self.spooling and self.spool.records:
-            _warn(f"{self.spool.records:,} {self.what} record(s) wait in the spool {self.spool.dir}; "
-                  f"the next run with --kafka re-sends them")
+        # what is left in the spool, or lost, the command reports through failure()
+
+    @property
+    def failure_code(self) -> int:
+        return errors.SINK if self.failed else errors.PENDING
+
+    def failure(self) -> str | None:
+        """Lost records (spool full or unwritable): exit 5; records kept in the spool,
+        not delivered by the end of the run: exit 6 (a later run re-sends them)."""
         if self.failed:
-            log.error("%s: %d record(s) could not be delivered nor spooled (spool full or unwritable)",
-                      self.topic, self.failed)
+            return (f"Kafka {self.topic}: {self.failed:,} {self.what} record(s) lost: the spool "
+                    f"{self.spool.dir} was full or unwritable")
+        if self.spool.records:
+            return (f"Kafka {self.conf.bootstrap}: {self.spool.records:,} {self.what} record(s) not "
+                    f"delivered to {self.topic}, kept in the spool {self.spool.dir}; the next run "
+                    f"with --kafka {self.conf.bootstrap} re-sends them")
+        return None
 
     def counters(self) -> dict[str, int]:
         return {"sent": self.sent, "spooled": self.spooled, "replayed": self.replayed,
@@ -335,7 +377,7 @@ class ReliableProducer(Sink):
 
 
 class KafkaSink(ReliableProducer):
-    """Alerts to the alerts topic (default ``dns-alerts``), keyed by registered domain."""
+    """Alerts to the alerts topic (default ``dns-alerts``), keyed by rule, entity and campaign."""
 
     def __init__(self, conf: KafkaConfig) -> None:
         super().__init__(conf, conf.alerts_topic, what="alerts")
@@ -346,10 +388,10 @@ class EventSink(ReliableProducer):
     to ``PACK`` events of one partition (wire version 2, ``{"v": 2, "evs": [...]}``).
 
     An event sink after enrichment: :meth:`write_event` takes the DnsEvent itself
-    (the registered domain is already set). Each event goes to the partition its
-    registered domain hashes to (the client address for nameless messages), as
-    Kafka's default partitioner would place it, so one domain's window state lives
-    in one consumer; a pack is keyed by its first event's key, which hashes to the
+    (enrichment has set its entity). Each event goes to the partition its entity
+    hashes to, as Kafka's default partitioner would place it, so one entity's
+    window state lives in one consumer; :meth:`write_conn` puts a DoT/DoH
+    connection into its entity's pack. A pack is keyed by its first event's key, which hashes to the
     same partition, so the spool re-sends it there too. A pack goes out when full,
     ``LINGER`` seconds after its first event, or on flush. Per-record overhead in
     the broker and in kafka-python is paid once per pack, not per event.
@@ -365,6 +407,7 @@ class EventSink(ReliableProducer):
         super().__init__(conf, conf.events_topic, what="events", linger_ms=20, batch_size=1024 * 1024,
                          reap_every=8)
         self.published = 0
+        self.published_conns = 0
         self._parts: list[int] | None = None  # the topic's partitions, once known
         self._part_of: dict[str, int] = {}  # key -> partition
         self._packs: dict[int, tuple[str, list]] = {}  # partition -> (first key, event dicts)
@@ -373,29 +416,50 @@ class EventSink(ReliableProducer):
     def write_event(self, ev) -> None:
         if ev.kind == UNANSWERED:
             return
-        key = ev.registered_domain
-        if not key:
-            key = ev.dst_ip if ev.flags & 0x8000 else ev.src_ip
+        key = ev.entity or (ev.dst_ip if ev.flags & 0x8000 else ev.src_ip)
         self.published += 1
-        part = self._part_of.get(key)
-        if part is None:
-            part = self._partition(key)
-            if part is None:  # partitions unknown (broker down): a record of one, keyed
-                self.write(events_to_record([ev]), key)
-                return
-        pack = self._packs.get(part)
-        now = time.monotonic()
-        if pack is None:
-            pack = self._packs[part] = (key, [])
-            if self._due == _INF:
-                self._due = now + self.LINGER
+        pack = self._pack(key)
+        if pack is None:  # partitions unknown (broker down): a record of one, keyed
+            self.write(events_to_record([ev]), key)
+            return
         evs = pack[1]
         evs.append(to_wire_fields(ev))
         if len(evs) >= self.PACK:
-            del self._packs[part]
-            self.write({"v": WIRE_VERSION, "evs": evs}, pack[0])
-        if now >= self._due:
+            self._send_pack(key)
+        if time.monotonic() >= self._due:
             self._send_packs()
+
+    def write_conn(self, c) -> None:
+        """A DoT/DoH connection start: packed with its entity's events, in order (the
+        bypass rule pairs a DoH hostname's lookup with the connection that follows)."""
+        key = conn_entity(c)
+        self.published_conns += 1
+        pack = self._pack(key)
+        if pack is None:
+            self.write({"v": WIRE_VERSION, "evs": [], "conns": [conn_to_wire(c, 0)]}, key)
+            return
+        pack[2].append(conn_to_wire(c, len(pack[1])))
+
+    def _pack(self, key: str):
+        """The open pack of the partition ``key`` goes to; None while partitions are unknown."""
+        part = self._part_of.get(key)
+        if part is None:
+            part = self._partition(key)
+            if part is None:
+                return None
+        pack = self._packs.get(part)
+        if pack is None:
+            pack = self._packs[part] = (key, [], [])
+            if self._due == _INF:
+                self._due = time.monotonic() + self.LINGER
+        return pack
+
+    def _send_pack(self, key: str) -> None:
+        k, evs, conns = self._packs.pop(self._part_of[key])
+        rec = {"v": WIRE_VERSION, "evs": evs}
+        if conns:
+            rec["conns"] = conns
+        self.write(rec, k)
 
     def _partition(self, key: str) -> int | None:
         if self._parts is None:
@@ -421,8 +485,11 @@ class EventSink(ReliableProducer):
     def _send_packs(self) -> None:
         packs, self._packs = self._packs, {}
         self._due = _INF
-        for key, evs in packs.values():
-            self.write({"v": WIRE_VERSION, "evs": evs}, key)
+        for key, evs, conns in packs.values():
+            rec = {"v": WIRE_VERSION, "evs": evs}
+            if conns:
+                rec["conns"] = conns
+            self.write(rec, key)
 
     def flush(self) -> None:
         if self._packs:

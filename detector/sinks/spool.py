@@ -1,6 +1,9 @@
 """An on-disk spool for Kafka records the broker did not take.
 
-Layout: ``<spool_dir>/<topic>/seg-<time_ns>-<pid>.jsonl``, append-only JSON
+Layout: ``<spool_dir>/<cluster>/<topic>/seg-<time_ns>-<pid>.jsonl`` (the Kafka
+sink names the cluster folder by its bootstrap addresses and records the
+cluster's id in ``<cluster>/cluster-id`` once a broker answered, see
+:meth:`Spool.claim`), append-only JSON
 lines ``{"k": key, "v": value}``, one segment per writer run (rotated at
 ``SEGMENT_BYTES``). The writer holds an exclusive ``flock`` on its open
 segment, flushes every write to the OS and fsyncs on rotation and close, so
@@ -54,6 +57,29 @@ class Spool:
         self.full_refusals = 0
         self._bytes = self.bytes()  # running estimate (this process's view)
         self.records = self.depth()  # records waiting (this process's view)
+
+    # --- which cluster ----------------------------------------------------------
+    def claim(self, cluster_id: str | None) -> str | None:
+        """The broker that answered is cluster ``cluster_id``. None when the waiting
+        records may go there; else the id of the cluster they were kept for, and
+        they must not be re-sent here. With nothing waiting, the folder now
+        belongs to this cluster (the id is written down beside the topics)."""
+        if not cluster_id:
+            return None
+        f = self.dir.parent / "cluster-id"
+        try:
+            mine = f.read_text().strip()
+        except OSError:
+            mine = ""
+        if mine == cluster_id:
+            return None
+        if mine and any(self.dir.parent.glob("*/seg-*.jsonl")):  # any topic's records wait
+            return mine
+        try:
+            f.write_text(cluster_id + "\n")
+        except OSError as e:
+            log.debug("spool %s: cannot record the cluster id: %s", f, e)
+        return None
 
     # --- writing --------------------------------------------------------------
     def append(self, key: str | None, value: Any) -> None:

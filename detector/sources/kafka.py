@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 from detector import errors
 from detector.errors import DetectorError
-from detector.events import WireVersionError, events_from_record, wire_type_error, wire_types_ok
+from detector.events import ConnEvent, WireVersionError, events_from_record, wire_type_error, wire_types_ok
 from detector.sources.base import Batch, Source
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,8 @@ class KafkaSource(Source):
         self.max_idle = max_idle
         self.max_events = max_events
         self.processed = 0  # events handed to a pipeline
+        self.conns = 0  # DoT/DoH connection records handed to a pipeline
+        self._had_conns = False  # the last decoded poll held some
         self.skipped: Counter = Counter()
         self.lag: dict[int, int] = {}
         self.offsets: dict = {}  # TopicPartition -> next offset to commit
@@ -117,7 +119,8 @@ class KafkaSource(Source):
                 for i, (tp, msgs) in enumerate(items):
                     evs = self._decode(tp, msgs)
                     # ack (flush sinks, commit) once per poll, after its last partition
-                    yield Batch(evs, lane=tp.partition, mark=True if i == len(items) - 1 else None)
+                    yield Batch(evs, lane=tp.partition, mark=True if i == len(items) - 1 else None,
+                                conns=self._had_conns)
                 self.last_unix = time.time()  # the poll's records are processed and acked
                 for tp, _ in items:
                     hw = c.highwater(tp)
@@ -136,11 +139,15 @@ class KafkaSource(Source):
     def _decode(self, tp, msgs) -> list:
         out: list = []
         skipped = self.skipped
+        conns = 0
+        self._had_conns = False
         for m in msgs:
             try:
                 evs = events_from_record(_loads(m.value))
                 for ev in evs:
-                    if not wire_types_ok(ev):  # a number where a name belongs, ...: not ours to run
+                    if ev.__class__ is ConnEvent:  # a DoT/DoH connection start (checked on reading)
+                        conns += 1
+                    elif not wire_types_ok(ev):  # a number where a name belongs, ...: not ours to run
                         raise TypeError(wire_type_error(ev))
                 out += evs
             except WireVersionError as e:
@@ -155,7 +162,9 @@ class KafkaSource(Source):
                 skipped["bad_record"] += 1
         if msgs:
             self.offsets[tp] = msgs[-1].offset + 1
-        self.processed += len(out)
+        self.processed += len(out) - conns
+        self.conns += conns
+        self._had_conns = conns > 0
         return out
 
     def failed(self, n: int = 1) -> None:
@@ -181,7 +190,7 @@ class KafkaSource(Source):
             log.warning("offset commit failed (%s); those records may be processed again", e)
 
     def stats(self) -> dict[str, int]:
-        return {"records": self.processed, **{f"skipped_{k}": v for k, v in self.skipped.items()}}
+        return {"records": self.processed, "conns": self.conns, **{f"skipped_{k}": v for k, v in self.skipped.items()}}
 
     def lags(self) -> list[tuple[str, int, int]]:
         return [(self.topic, p, n) for p, n in list(self.lag.items())]
