@@ -93,10 +93,8 @@ def flat_alert(f: Finding, aid: str, extra: dict[str, Any]) -> dict[str, Any]:
 def render_event(ev: DnsEvent, fmt: str, model: str = "message") -> dict[str, Any] | None:
     """The document for one event, or None when ``model`` gives it none (a query in
     the transaction model: the caller writes nothing)."""
-    if model == "transaction" and ev.kind == QUERY:
-        return None
     if fmt == "jsonl":
-        return flat_event(ev)
+        return None if model == "transaction" and ev.kind == QUERY else flat_event(ev)
     if fmt == "ocsf":
         return ocsf.event_doc(ev, model)
     return ecs.event_doc(ev, model)
