@@ -624,14 +624,16 @@ class LiveCapture:
             self._stats["stub_linked"] += 1
 
     def _process(self, okey: bytes) -> ProcessInfo | None:
-        """struct owner bytes -> ProcessInfo, cached (exe and container id from /proc)."""
+        """struct owner bytes -> ProcessInfo, cached (process name, exe, container and pod
+        from /proc and the kubelet's logs: detector/capture/proc.py)."""
         pid, tid, uid, gid, cg, comm = struct.unpack("<IIIIQ16s", okey)
         if not pid:
             p = None
         else:
-            exe, container = self.proc.lookup(pid)
-            p = ProcessInfo(pid, tid, comm.split(b"\0", 1)[0].decode("utf-8", "replace"), exe, uid, gid,
-                            cg, container)
+            d = self.proc.lookup(pid)
+            p = ProcessInfo(pid, tid, comm.split(b"\0", 1)[0].decode("utf-8", "replace"), d.exe, uid, gid,
+                            cg, d.container_id, name=d.name, container_name=d.container_name,
+                            pod_name=d.pod_name, pod_namespace=d.pod_namespace, pod_uid=d.pod_uid)
         self._pinfo[okey] = p
         return p
 
