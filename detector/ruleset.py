@@ -133,13 +133,97 @@ class RuleSet:
 
 # --- YAML with line numbers ---------------------------------------------------
 
-def _construct(node: yaml.Node) -> Any:
-    if isinstance(node, yaml.MappingNode):
-        return {_construct(k): _construct(v) for k, v in node.value}
-    if isinstance(node, yaml.SequenceNode):
-        return [_construct(v) for v in node.value]
-    loader = yaml.SafeLoader("")
-    return loader.construct_object(node)
+#: bounds on what one rule file may ask of the loader: bytes read, nesting,
+#: aliases, and values built once aliases are expanded (a few hundred bytes of
+#: nested anchors can otherwise expand to billions of values)
+MAX_FILE_BYTES = 16 * 1024 * 1024
+MAX_DEPTH = 64
+MAX_ALIASES = 1000
+MAX_VALUES = 1_000_000
+#: the YAML tags a rule file may use (plain data); anything else, such as
+#: ``!!python/object``, is refused rather than ignored
+SAFE_TAGS = {
+    "tag:yaml.org,2002:" + t for t in ("str", "int", "float", "bool", "null", "seq", "map", "timestamp")
+}
+
+try:  # LibYAML: several times faster on large allowlists
+    _Loader = yaml.CSafeLoader
+except AttributeError:  # pragma: no cover
+    _Loader = yaml.SafeLoader
+
+
+def _check_events(path: str, text: str) -> None:
+    """Nesting depth, alias count and explicit tags, from the event stream (no
+    recursion, nothing built), before the file is composed."""
+    depth = aliases = 0
+    try:
+        for ev in yaml.parse(text, Loader=_Loader):
+            if isinstance(ev, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise RuleError(path, ev.start_mark.line + 1, f"nested more than {MAX_DEPTH} levels deep")
+            elif isinstance(ev, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
+            tag = getattr(ev, "tag", None)
+            if tag not in (None, "!") and tag not in SAFE_TAGS:
+                raise RuleError(path, ev.start_mark.line + 1,
+                                f"YAML tag {tag} is not allowed in rule files (plain data only)")
+            if isinstance(ev, yaml.AliasEvent):
+                aliases += 1
+                if aliases > MAX_ALIASES:
+                    raise RuleError(path, ev.start_mark.line + 1, f"more than {MAX_ALIASES} aliases (*name)")
+    except yaml.YAMLError as e:
+        raise _yaml_error(path, e) from None
+
+
+def _yaml_error(path: str, e: yaml.YAMLError) -> RuleError:
+    mark = getattr(e, "problem_mark", None)
+    line = mark.line + 1 if mark else 0
+    return RuleError(path, line, f"not valid YAML: {getattr(e, 'problem', None) or e}")
+
+
+class _Budget:
+    """Values built so far (aliases expanded), against MAX_VALUES."""
+
+    __slots__ = ("left", "path")
+
+    def __init__(self, path: str) -> None:
+        self.left = MAX_VALUES
+        self.path = path
+
+
+def _construct(node: yaml.Node, budget: _Budget | None = None, _stack: tuple = ()) -> Any:
+    """Plain data from a node: only SAFE_TAGS, keys that are scalars, no anchor that
+    contains itself, at most MAX_VALUES values once aliases are expanded. A value
+    the tag cannot hold (``!!int "abc"``) is an error at its line."""
+    path = budget.path if budget is not None else "<rules>"
+    if budget is None:
+        budget = _Budget(path)
+    line = node.start_mark.line + 1
+    budget.left -= 1
+    if budget.left < 0:
+        raise RuleError(path, line, f"more than {MAX_VALUES:,} values once aliases are expanded")
+    if node.tag not in SAFE_TAGS:
+        raise RuleError(path, line, f"YAML tag {node.tag} is not allowed in rule files (plain data only)")
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+        if any(n is node for n in _stack):
+            raise RuleError(path, line, "an anchor (&name) refers to itself")
+        stack = _stack + (node,)
+        if isinstance(node, yaml.SequenceNode):
+            return [_construct(v, budget, stack) for v in node.value]
+        out = {}
+        for k, v in node.value:
+            if not isinstance(k, yaml.ScalarNode):
+                raise RuleError(path, k.start_mark.line + 1, "keys must be plain words, not lists or mappings")
+            out[_construct(k, budget, stack)] = _construct(v, budget, stack)
+        return out
+    try:
+        return _SCALARS.construct_object(node, deep=True)
+    except (ValueError, TypeError, OverflowError, yaml.YAMLError) as e:
+        raise RuleError(path, line, f"{node.value!r} is not a valid {node.tag.rsplit(':', 1)[-1]}: {e}") from None
+
+
+_SCALARS = yaml.SafeLoader("")
 
 
 def _mapping(path: str, node: yaml.Node, where: str) -> dict[str, tuple[yaml.Node, yaml.Node]]:
@@ -159,7 +243,7 @@ RULE_KEYS = {
     "id", "title", "detector", "severity", "technique", "thresholds", "allowlist",
     "params", "description", "enabled", "kind",
 }
-ALLOW_KEYS = {"domains", "processes", "resolvers", "clients"}
+ALLOW_KEYS = {"domains", "domain_files", "processes", "resolvers", "clients"}
 
 
 def _str(path: str, key: str, node: yaml.Node) -> str:
@@ -198,15 +282,36 @@ def _allowlist(path: str, node: yaml.Node, where: str) -> Allowlist:
                 path, kn.start_mark.line + 1,
                 f"{where}{k}: unknown key (allowed: {', '.join(sorted(ALLOW_KEYS))})",
             )
-    doms = tuple(
-        d.lower().strip(".") for d in (_str_list(path, where + "domains", m["domains"][1])
-                                       if "domains" in m else [])
-    )
+    doms = [d.lower().strip(".") for d in (_str_list(path, where + "domains", m["domains"][1])
+                                           if "domains" in m else [])]
+    if "domain_files" in m:
+        node = m["domain_files"][1]
+        for name in _str_list(path, where + "domain_files", node):
+            doms.extend(_domain_file(path, node.start_mark.line + 1, name))
+    doms = tuple(d for d in doms if d)
     procs = frozenset(_str_list(path, where + "processes", m["processes"][1])
                       if "processes" in m else [])
     res = _nets(path, where + "resolvers", m["resolvers"][1]) if "resolvers" in m else ()
     cli = _nets(path, where + "clients", m["clients"][1]) if "clients" in m else ()
     return Allowlist(doms, procs, res, cli)
+
+
+def _domain_file(path: str, line: int, name: str) -> list[str]:
+    """Domains from a text file named by an allowlist (relative to the rule file),
+    one per line, ``#`` comments: the fast way to allow a million names."""
+    f = Path(name) if Path(name).is_absolute() else Path(path).parent / name
+    try:
+        with open(f, encoding="utf-8", errors="replace") as fh:
+            out = []
+            for ln in fh:
+                if "#" in ln:
+                    ln = ln.split("#", 1)[0]
+                d = ln.strip().lower().strip(".")
+                if d:
+                    out.append(d)
+            return out
+    except OSError as e:
+        raise RuleError(path, line, f"domain_files: cannot read {f}: {e.strerror}") from None
 
 
 def _rule(path: str, node: yaml.Node) -> Rule:
@@ -235,18 +340,19 @@ def _rule(path: str, node: yaml.Node) -> Rule:
                         f"technique.id: {tid!r} is not a MITRE ATT&CK id like T1071.004")
     tname = _str(path, "technique.name", tm["name"][1]) if "name" in tm else ""
     thresholds: dict[str, Any] = {}
+    budget = _Budget(path)
     if "thresholds" in m:
         for k, (kn, vn) in _mapping(path, m["thresholds"][1], "thresholds.").items():
-            thresholds[k] = _construct(vn)
+            thresholds[k] = _construct(vn, budget)
             lines[f"thresholds.{k}"] = vn.start_mark.line + 1
             lines[f"thresholds.{k}:key"] = kn.start_mark.line + 1
     allow = _allowlist(path, m["allowlist"][1], "allowlist.") if "allowlist" in m else Allowlist()
-    params = _construct(m["params"][1]) if "params" in m else {}
+    params = _construct(m["params"][1], budget) if "params" in m else {}
     if not isinstance(params, dict):
         raise RuleError(path, m["params"][1].start_mark.line + 1, "params: expected a mapping")
     enabled = True
     if "enabled" in m:
-        enabled = _construct(m["enabled"][1])
+        enabled = _construct(m["enabled"][1], budget)
         if not isinstance(enabled, bool):
             raise RuleError(path, m["enabled"][1].start_mark.line + 1, "enabled: expected true or false")
     desc = _str(path, "description", m["description"][1]) if "description" in m else ""
@@ -272,15 +378,20 @@ def read_rules(paths: list[str | os.PathLike[str]] | None = None) -> RuleSet:
     for f in files:
         path = str(f)
         try:
+            size = f.stat().st_size
+            if size > MAX_FILE_BYTES:
+                raise RuleError(path, 0, f"{size:,} bytes is over the {MAX_FILE_BYTES // 2**20} MiB a rule "
+                                         "file may hold (long domain lists go in a text file, one per line: domain_files in an allowlist, params.files in a denylist)")
             text = f.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise RuleError(path, 0, f"cannot read: {e}") from None
+        _check_events(path, text)
         try:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
+            node = yaml.compose(text, Loader=_Loader)
         except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            line = mark.line + 1 if mark else 0
-            raise RuleError(path, line, f"not valid YAML: {getattr(e, 'problem', e)}") from None
+            raise _yaml_error(path, e) from None
+        except RecursionError:  # bounded by MAX_DEPTH already; a last guard
+            raise RuleError(path, 0, "nested too deeply") from None
         if node is None:
             raise RuleError(path, 1, "empty rule file")
         m = _mapping(path, node, "")

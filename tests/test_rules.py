@@ -53,3 +53,54 @@ def test_the_good_rule_loads_and_every_detector_is_found_without_a_list(tmp_path
     # the registry walks detect/: every shipped detector, none named by hand
     assert set(detector_names()) >= {"denylist", "dga", "exfil", "flood", "health",
                                      "resolver_bypass", "resolvers", "tunnel"}
+
+
+# --- hostile rule files: bounded, refused at their line, never a traceback or a hang ---
+HEAD = "id: x\ntitle: t\ndetector: denylist\nseverity: high\ntechnique: {id: T1071.004}\n"
+LAUGHS = HEAD + "params:\n  a0: &a0 [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"  a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 9)) + "  domains: [a.com]\n"
+
+
+@pytest.mark.parametrize("text, line, words", [
+    (LAUGHS, 7, "values once aliases are expanded"),  # ~700 bytes that expand to 9^9 values
+    (HEAD + "params:\n  domains: !!python/object/apply:os.system ['true']\n", 7,
+     "YAML tag tag:yaml.org,2002:python/object/apply:os.system is not allowed"),
+    (HEAD + "params:\n  when: !!timestamp 2020-13-45\n  domains: [a.com]\n", 7, "is not a valid timestamp"),
+    (HEAD + "params:\n  ? [a, b]\n  : 1\n  domains: [a.com]\n", 7, "keys must be plain words"),
+    (HEAD + "params: &p\n  domains: [a.com]\n  me: *p\n", 6, "refers to itself"),
+    (HEAD + "params:\n  domains: [a.com]\n  n: !!int \"abc\"\n", 8, "'abc' is not a valid int"),
+    (HEAD + "params:\n  domains: [a.com]\n  deep: " + "[" * 5000 + "]" * 5000 + "\n", 8, "nest"),
+    (GOOD.replace("  min_distinct: 12", "  min_distinct: .nan"), 7, "must be a finite number, got nan"),
+    (GOOD.replace("  window: 600", "  window: .inf"), 8, "must be a finite number, got inf"),
+])
+def test_a_hostile_rule_file_is_refused_at_its_line(tmp_path, text, line, words):
+    f = tmp_path / "r.yaml"
+    f.write_text(text)
+    with pytest.raises(RuleError) as e:
+        load_rules([f])
+    assert str(e.value).startswith(f"{f}:{line}: "), str(e.value)
+    assert words in str(e.value)
+    # and the command says so in one line, exit 4 (the timeout guards a hang, not a speed)
+    r = run_detector("rules", "check", str(f), timeout=60)
+    assert r.returncode == 4, r.stderr
+    assert "Traceback" not in r.stderr and words in r.stderr
+
+
+def test_a_huge_yaml_file_is_refused_and_a_domain_file_is_the_way(tmp_path, monkeypatch):
+    from detector import ruleset
+
+    monkeypatch.setattr(ruleset, "MAX_FILE_BYTES", 4096)
+    big = tmp_path / "allow.yaml"
+    big.write_text("kind: allowlist\ndomains:\n" + "".join(f"  - n{i}.example.net\n" for i in range(400)))
+    with pytest.raises(RuleError) as e:
+        load_rules([big])
+    assert "domain_files" in str(e.value)
+    (tmp_path / "names.txt").write_text("# site names\n" + "".join(f"N{i}.Example.NET.\n" for i in range(400)))
+    big.write_text("kind: allowlist\ndomain_files: [names.txt]\ndomains: [extra.org]\n")
+    rs = load_rules([big])
+    assert rs.allowlist.covers_domain("www.n399.example.net") and rs.allowlist.covers_domain("a.extra.org")
+    assert not rs.allowlist.covers_domain("n400.example.net")
+    big.write_text("kind: allowlist\ndomain_files: [missing.txt]\n")
+    with pytest.raises(RuleError) as e:
+        load_rules([big])
+    assert str(e.value).startswith(f"{big}:2: domain_files: cannot read")

@@ -17,6 +17,7 @@ rest. Errors name the file and the line::
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import pkgutil
 from typing import Any
@@ -76,6 +77,8 @@ def validate(rule: Rule) -> None:
         if isinstance(default, (int, float)) and not isinstance(default, bool):
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise RuleError(path, line, f"thresholds.{k}: expected a number, got {v!r}")
+            if not math.isfinite(v):  # NaN compares false with everything: the rule would never fire
+                raise RuleError(path, line, f"thresholds.{k}: must be a finite number, got {v!r}")
             if v < 0:
                 raise RuleError(path, line, f"thresholds.{k}: must not be negative, got {v!r}")
         elif isinstance(default, bool) and not isinstance(v, bool):
