@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import ipaddress
+import socket
 import struct
 
 PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17, "icmp6": 58, "sctp": 132}
+
+_pton = socket.inet_pton
+_AF4, _AF6 = socket.AF_INET, socket.AF_INET6
+_SEED_PAD = struct.Struct("!BBHH")
 
 _CACHE: dict[tuple, str] = {}
 _CACHE_MAX = 65_536
@@ -32,15 +36,15 @@ def community_id(src_ip: str, src_port: int, dst_ip: str, dst_port: int, transpo
         return r
     proto = PROTOCOLS.get(transport)
     try:
-        a = ipaddress.ip_address(src_ip).packed
-        b = ipaddress.ip_address(dst_ip).packed
-    except ValueError:
+        a = _pton(_AF6 if ":" in src_ip else _AF4, src_ip)
+        b = _pton(_AF6 if ":" in dst_ip else _AF4, dst_ip)
+    except (OSError, TypeError):  # not an address
         return ""
     if proto not in (6, 17, 132) or len(a) != len(b) or not (0 <= src_port < 65536 and 0 <= dst_port < 65536):
         return ""
     if (b, dst_port) < (a, src_port):
         a, b, src_port, dst_port = b, a, dst_port, src_port
-    data = struct.pack("!H", seed) + a + b + struct.pack("!BBHH", proto, 0, src_port, dst_port)
+    data = seed.to_bytes(2, "big") + a + b + _SEED_PAD.pack(proto, 0, src_port, dst_port)
     r = "1:" + base64.b64encode(hashlib.sha1(data, usedforsecurity=False).digest()).decode()
     if len(_CACHE) >= _CACHE_MAX:
         _CACHE.clear()

@@ -50,9 +50,15 @@ def header_flags(flags: int, do: bool = False) -> list[str]:
     return list(r)
 
 
+_ISO_SEC = [-1, ""]  # the last second formatted: events come in time order
+
+
 def iso(ts: float) -> str:
     sec, us = divmod(int(round(ts * 1e6)), 1_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{us:06d}Z"
+    last = _ISO_SEC
+    if sec != last[0]:
+        last[0], last[1] = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+    return f"{last[1]}.{us:06d}Z"
 
 
 def outcome(ev: DnsEvent) -> str:
