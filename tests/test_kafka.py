@@ -203,6 +203,60 @@ def test_spooled_alerts_go_only_to_their_own_cluster(work):
     assert not spool_files(spool)
 
 
+def test_full_disk_loses_whole_records_counted_and_exits_5(work):
+    """The spool on a real, tiny filesystem: what fits is kept, every kept line is
+    whole, what did not fit is counted and said, and the run exits 5."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    disk = work / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], check=True)
+    try:
+        pcap = make_pcap(work / "a.pcap", 300)
+        r = run_detector("replay", "pcap", str(pcap), "--rules", str(work / "rules.yaml"), "-q", "--no-stdout",
+                         "--kafka", f"127.0.0.1:{free_port()}", "--spool-dir", str(disk), timeout=120)
+        assert r.returncode == 5, r.stderr
+        assert "Traceback" not in r.stderr
+        lost = int(r.stderr.split(" alerts record(s) lost")[0].rsplit(" ", 1)[-1].replace(",", ""))
+        kept = 0
+        for seg in spool_files(disk):
+            data = seg.read_bytes()
+            assert data.endswith(b"\n"), f"{seg} ends in a partial record"
+            for line in data.splitlines():
+                json.loads(line)  # every kept record is whole
+                kept += 1
+        assert 0 < kept < 300 and lost > 0
+        assert kept + lost == 300, (kept, lost)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_path_that_is_not_utf8_is_published_and_spooled_not_fatal(work):
+    """A local user can run a program from a path with a stray byte; /proc gives it
+    to us as a lone surrogate. The event publisher and the spool keep it as an
+    escape instead of dying on it."""
+    from detector.events import DnsEvent, ProcessInfo, Question, events_from_record
+    from detector.kafkaconf import KafkaConfig
+    from detector.sinks.kafka import EventSink
+    from detector.sinks.spool import Spool
+
+    exe = os.fsdecode(b"/tmp/evil\xff\xfe/x")  # what os.readlink gives for such a path
+    ev = DnsEvent(ts=1.0, transport="udp", ip_version=4, src_ip="10.0.0.5", src_port=5000, dst_ip="10.0.0.53",
+                  dst_port=53, id=1, flags=0x0100, rcode=0, questions=[Question("a.example.com", 1)],
+                  process=ProcessInfo(42, 42, "x", exe, name="x"), entity="x[42]")
+    with EmbeddedBroker(topics={"dns-events": 1}) as b:
+        sink = EventSink(KafkaConfig(b.bootstrap, spool_dir=str(work / "spool")))
+        sink.write_event(ev)
+        sink.close()
+        assert sink.failure() is None and sink.sent == 1
+        (rec,) = [v for _, v, _ in read_topic(b.bootstrap, "dns-events")]
+    assert events_from_record(rec)[0].process.exe == exe
+    sp = Spool(work / "spool2", "dns-events")
+    sp.append("k", {"exe": exe})
+    sp.close()
+    assert list(sp) == [("k", {"exe": exe})]
+
+
 # --- 3. broker killed mid-run: bounded, spooled, nothing missing -----------------
 def test_broker_killed_mid_run_no_alert_lost(work):
     n = 15000

@@ -57,7 +57,9 @@ _INF = float("inf")
 
 
 def _json_dumps(v: Any) -> bytes:
-    return json.dumps(v, separators=(",", ":"), ensure_ascii=False).encode()
+    """The fallback when orjson refuses: ASCII JSON, so a string that is not valid
+    UTF-8 (a lone surrogate from a path with a stray byte) is sent as an escape."""
+    return json.dumps(v, separators=(",", ":")).encode()
 
 
 try:  # orjson: several times faster; same JSON for our documents
@@ -215,10 +217,11 @@ class ReliableProducer(Sink):
             if not self.spool_full or self.failed % 1000 == 1:
                 log.error("%s: record DROPPED (%d so far): %s", self.topic, self.failed, e)
             self.spool_full = True
-        except OSError as e:
+        except OSError as e:  # a full or failing disk: the record is lost, counted, said once
             self.failed += 1
-            log.error("%s: cannot write the spool %s: %s: record DROPPED (%d so far)",
-                      self.topic, self.spool.dir, e, self.failed)
+            if self.failed == 1 or self.failed % 1000 == 0:
+                log.error("%s: cannot write the spool %s: %s: record DROPPED (%d so far)",
+                          self.topic, self.spool.dir, e.strerror or e, self.failed)
 
     def _reap(self, block: bool) -> None:
         """Account for finished sends, in order; failed ones go to the spool."""

@@ -83,14 +83,27 @@ class Spool:
 
     # --- writing --------------------------------------------------------------
     def append(self, key: str | None, value: Any) -> None:
-        line = (json.dumps({"k": key, "v": value}, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+        """Append one record, whole or not at all: a write the disk cannot take
+        (ENOSPC, EIO) is cut back to the last whole line and raised as OSError, so
+        no half-written line is ever left. ASCII JSON: a string that is not valid
+        UTF-8 (a path from /proc with a stray byte) is kept as an escape."""
+        line = (json.dumps({"k": key, "v": value}, separators=(",", ":")) + "\n").encode()
         if self._bytes + len(line) > self.max_bytes:
             self.full_refusals += 1
             raise SpoolFull(f"spool {self.dir} is full ({self.max_bytes // (1024 * 1024)} MiB)")
         if self._f is None or self._size + len(line) > SEGMENT_BYTES:
             self._open_segment()
-        self._f.write(line)
-        self._f.flush()
+        fd = self._f.fileno()
+        try:
+            done = 0
+            while done < len(line):
+                done += os.write(fd, line[done:])
+        except OSError:
+            try:
+                os.ftruncate(fd, self._size)  # back to the last whole record
+            except OSError as e:
+                log.error("spool %s: cannot cut a partial record: %s", self._path, e)
+            raise
         self._size += len(line)
         self._bytes += len(line)
         self.records_written += 1
@@ -99,7 +112,7 @@ class Spool:
     def _open_segment(self) -> None:
         self.close()
         self._path = self.dir / f"seg-{time.time_ns():020d}-{os.getpid()}.jsonl"
-        self._f = open(self._path, "ab")
+        self._f = open(self._path, "ab", buffering=0)  # append() writes whole records itself
         fcntl.flock(self._f.fileno(), fcntl.LOCK_EX)
         self._size = 0
 
