@@ -280,7 +280,16 @@ def ocsf_class(class_uid: int, profiles: frozenset[str]) -> tuple[dict, dict[str
 @lru_cache(maxsize=None)
 def ocsf_object(name: str, profiles: frozenset[str]) -> tuple[dict[str, dict], dict]:
     o = _object(name)
-    return _attributes(o, _object, profiles), _constraints(o, _object)
+    attrs = _attributes(o, _object, profiles)
+    if name == "observable":  # its type_id values are the types' and attributes' observable numbers
+        dic = _dictionary()
+        enum = dict(attrs["type_id"].get("enum", {}))
+        for group in (dic["types"]["attributes"], dic["attributes"]):
+            for v in group.values():
+                if "observable" in v:
+                    enum[str(v["observable"])] = {"caption": v["caption"]}
+        attrs = {**attrs, "type_id": {**attrs["type_id"], "enum": enum}}
+    return attrs, _constraints(o, _object)
 
 
 def _type_chain(t: str) -> tuple[str, list[dict]]:

@@ -80,6 +80,10 @@ def test_detection_findings_evidences_attacks_and_revisions(ocsf_docs):
         if "evidences" in d:
             ev = d["evidences"][0]
             assert ev["src_endpoint"]["ip"] and ev["dst_endpoint"]["port"] >= 0
+            obs = {o["name"]: o["value"] for o in d["observables"]}
+            assert obs["evidences[0].src_endpoint.ip"] == ev["src_endpoint"]["ip"]
+            if ev.get("query", {}).get("hostname"):
+                assert obs["evidences[0].query.hostname"] == ev["query"]["hostname"]
     assert any(d["finding_info"]["attacks"][0].get("sub_technique") for d in fs)
     assert updates >= 1
 

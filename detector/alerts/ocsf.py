@@ -192,6 +192,7 @@ def event_doc(ev: DnsEvent, model: str = "message") -> dict[str, Any] | None:
         "type_uid": DNS_ACTIVITY * 100 + act,
         "type_name": f"DNS Activity: {_DNS_ACTIVITY[act]}",
         "time": ms(start if transaction else ev.ts),
+        "timezone_offset": 0,
         "severity_id": 1,
         "severity": "Informational",
         "connection_info": _connection(ev),
@@ -274,6 +275,7 @@ def alert_doc(f: Finding, aid: str, extra: dict[str, Any]) -> dict[str, Any]:
         "type_uid": DETECTION_FINDING * 100 + act,
         "type_name": f"Detection Finding: {_FINDING_ACTIVITY[act]}",
         "time": ms(f.ts),
+        "timezone_offset": 0,
         "severity_id": sev_id,
         "severity": sev,
         "status_id": 1,
@@ -295,6 +297,14 @@ def alert_doc(f: Finding, aid: str, extra: dict[str, Any]) -> dict[str, Any]:
         if ev.process is not None:
             evidence["process"] = _process(ev.process, profiles)
         d["evidences"] = [evidence]
+        obs = [("evidences[0].src_endpoint.ip", 2, "IP Address", ev.src_ip),
+               ("evidences[0].dst_endpoint.ip", 2, "IP Address", ev.dst_ip)]
+        if q is not None and q["hostname"]:
+            obs.insert(0, ("evidences[0].query.hostname", 1, "Hostname", q["hostname"]))
+        name = evidence.get("process", {}).get("name")
+        if name:
+            obs.append(("evidences[0].process.name", 9, "Process Name", name))
+        d["observables"] = [{"name": n, "type_id": i, "type": t, "value": v} for n, i, t, v in obs]
     u = {"features": f.features, "entity": f.entity, "domain": f.domain, "score": f.score, **extra}
     if ev is not None:
         u.update(_unmapped(ev))
