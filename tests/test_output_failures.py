@@ -210,3 +210,15 @@ def test_exit_codes_of_failures_lost_over_pending_over_the_run():
     assert code(ok, pending) == 6 and code(pending, run=errors.TRUNCATED) == 6
     assert code(pending, lost) == 5 and code(lost, run=errors.ALERTS) == 5
     assert code(lost, run=errors.INTERRUPTED) == 130
+
+
+def test_an_output_that_is_the_input_is_refused_and_the_capture_kept(tmp_path):
+    cap = tmp_path / "x.pcap"
+    cap.write_bytes(open(DEMO, "rb").read())
+    before = cap.read_bytes()
+    for opt in ("-o", "--summary-json"):
+        r = replay(str(cap), "-q", opt, str(cap))
+        assert r.returncode == 2
+        assert errors_of(r.stderr) == [f"detector: error: {opt} {cap}: is the input capture {cap}; "
+                                       "writing would destroy it"]
+        assert cap.read_bytes() == before

@@ -8,6 +8,7 @@ from detector import errors
 from detector.capture.layers import DEFAULT_PORTS
 from detector.commands.common import (add_pipeline_args, exit_code, load_ruleset, open_summary, port_list,
                                       prepare, print_summary, rules_off, write_summary)
+from detector.errors import DetectorError
 from detector.sources.driver import Progress, drive
 from detector.sources.pcap import PcapSource, check_inputs
 
@@ -70,10 +71,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda a: (p.print_help(), errors.USAGE)[1])
 
 
+def _not_an_input(args: argparse.Namespace) -> None:
+    """-o, --events-output and --summary-json are truncated when opened: never a capture to read."""
+    import os
+
+    inputs = [f for f in args.files if f != "-"]
+    for opt, path in (("-o", args.output), ("--events-output", args.events_output),
+                      ("--summary-json", args.summary_json)):
+        if not path or path == "-" or not os.path.exists(path):
+            continue
+        for f in inputs:
+            try:
+                same = os.path.samefile(path, f)
+            except OSError:
+                same = False
+            if same:
+                raise DetectorError(f"{opt} {path}: is the input capture {f}; writing would destroy it",
+                                    errors.USAGE)
+
+
 def run(args: argparse.Namespace) -> int:
     # everything that can be refused is refused before the first packet is read:
     # inputs (2), rules (4), the summary file and the outputs (5)
     check_inputs(args.files)
+    _not_an_input(args)
     rules = load_ruleset(args)
     summary_file = open_summary(args)
     outputs, lanes = prepare(args, rules=rules)
