@@ -186,7 +186,7 @@ def test_dockerfile_references_existing_paths():
 # --- least privilege, health, pinning ---------------------------------------------------
 
 # what the sensor needs, and nothing else (the reasons are comments in the file)
-SENSOR_CAPS = {"BPF", "PERFMON", "NET_ADMIN", "SYS_RESOURCE", "SYS_PTRACE", "DAC_READ_SEARCH"}
+SENSOR_CAPS = {"BPF", "PERFMON", "NET_ADMIN", "SYS_RESOURCE", "SYS_PTRACE"}
 
 
 def test_sensor_has_only_the_capabilities_it_needs_each_justified(compose):
