@@ -6,6 +6,7 @@ traceback. Every test runs the real command on the bundled capture."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 
@@ -123,20 +124,22 @@ def _refused_before_reading(*args: str) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(p.args, p.returncode, out, err)
 
 
-def test_summary_into_a_missing_folder_is_refused_before_the_capture_is_read():
-    r = _refused_before_reading("-q", "--summary-json", "/nonexistent/x.json")
+def test_summary_into_a_missing_folder_is_refused_before_the_capture_is_read(tmp_path):
+    gone = tmp_path / "missing"
+    r = _refused_before_reading("-q", "--summary-json", f"{gone}/x.json")
     assert r.returncode == 5, r.stderr
-    assert errors_of(r.stderr) == ["detector: error: --summary-json /nonexistent/x.json: cannot write: "
-                                   "folder /nonexistent does not exist"]
+    assert errors_of(r.stderr) == [f"detector: error: --summary-json {gone}/x.json: cannot write: "
+                                   f"folder {gone} does not exist"]
 
 
 @pytest.mark.parametrize("opt", ["-o", "--events-output"])
 def test_outputs_that_cannot_be_opened_are_refused_first(tmp_path, opt):
     extra = ["--events"] if opt == "--events-output" else []
-    r = _refused_before_reading("-q", *extra, opt, "/nonexistent/out.jsonl")
+    gone = tmp_path / "missing"
+    r = _refused_before_reading("-q", *extra, opt, f"{gone}/out.jsonl")
     assert r.returncode == 5
-    assert errors_of(r.stderr) == [f"detector: error: {opt} /nonexistent/out.jsonl: cannot write: "
-                                   "folder /nonexistent does not exist"]
+    assert errors_of(r.stderr) == [f"detector: error: {opt} {gone}/out.jsonl: cannot write: "
+                                   f"folder {gone} does not exist"]
     r = _refused_before_reading("-q", *extra, opt, str(tmp_path))
     assert r.returncode == 5
     assert errors_of(r.stderr) == [f"detector: error: {opt} {tmp_path}: cannot write: is a directory"]
@@ -222,3 +225,12 @@ def test_an_output_that_is_the_input_is_refused_and_the_capture_kept(tmp_path):
         assert errors_of(r.stderr) == [f"detector: error: {opt} {cap}: is the input capture {cap}; "
                                        "writing would destroy it"]
         assert cap.read_bytes() == before
+
+
+def test_a_closed_stdout_is_refused_at_once():
+    for cmd in (["replay", "pcap", DEMO, "-q"], ["score"]):
+        r = subprocess.run(DETECTOR + cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True, cwd=REPO, timeout=120,
+                           preexec_fn=lambda: os.close(1))
+        assert r.returncode == 5, r.stderr
+        assert errors_of(r.stderr) == ["detector: error: stdout is closed: nowhere to write (give -o FILE)"]

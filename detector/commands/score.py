@@ -185,6 +185,8 @@ def run(args: argparse.Namespace) -> int:
     model = DgaModel.load(args.model)
     sc = Scorer(model, args.threshold, args.top)
     if args.output == "-":
+        if sys.stdout is None:  # started with fd 1 closed
+            raise DetectorError("stdout is closed: nowhere to write (give -o FILE)", errors.SINK)
         sys.stdout.flush()
         fd, where = sys.stdout.fileno(), "stdout"
     else:
@@ -209,6 +211,6 @@ def run(args: argparse.Namespace) -> int:
                                     "the rest are not written", errors.SINK) from None
             written += len(chunk)
     finally:
-        if fd != sys.stdout.fileno() or args.output != "-":
+        if args.output != "-":
             os.close(fd)
     return errors.OK

@@ -199,5 +199,7 @@ def _open_reason(path: str, e: OSError) -> str:
 def open_output(target: str, append: bool = False, option: str = "-o") -> StreamSink:
     """``-`` is stdout (flushed per line when it is a terminal); else a file."""
     if target == "-":
+        if sys.stdout is None:  # started with fd 1 closed
+            raise DetectorError("stdout is closed: nowhere to write (give -o FILE)", SINK)
         return StreamSink(sys.stdout, line_flush=sys.stdout.isatty(), label="stdout")
     return FileSink(target, append=append, option=option)
