@@ -8,6 +8,8 @@
   and ``dns_detector_spool_depth{topic}`` (records waiting on disk);
 * ``dns_detector_input_total{kind}``: source counters a command registers
   (DNS messages, parse errors, lost BPF events, consumer skips);
+* ``dns_detector_output_lost_total{output,kind}``: alerts and events a JSON-lines
+  output could not write (a full disk), as they are lost;
 * ``dns_detector_consumer_lag{topic,partition}`` (``detector consume``);
 * ``dns_detector_dns_latency_seconds{resolver}``: response latency histogram.
 """
@@ -44,6 +46,7 @@ _lock = threading.Lock()
 _stats: list = []
 _sources: list[Callable[[], dict[str, int]]] = []
 _lag: list[Callable[[], Iterable[tuple[str, int, int]]]] = []
+_outputs: list = []
 _server_started: set[tuple[str, int]] = set()
 
 
@@ -53,6 +56,7 @@ class _Collector:
             stats = list(_stats)
             sources = list(_sources)
             lags = list(_lag)
+            outs = list(_outputs)
         fields = ("events", "queries", "responses", "unanswered", "suppressed", "detector_errors", "sink_errors")
         for f in fields:
             c = CounterMetricFamily(f"dns_detector_{f}", f"pipeline {f.replace('_', ' ')}")
@@ -100,6 +104,16 @@ class _Collector:
             full.add_metric([topic], t["full"])
         yield g
         yield full
+        lost = CounterMetricFamily("dns_detector_output_lost", "documents an output could not write "
+                                   "(a full disk, a closed stdout), by output and kind", labels=["output", "kind"])
+        for sink in outs:
+            try:
+                counts = sorted(dict(getattr(sink, "lost", None) or {}).items())
+            except RuntimeError:  # written to while copied: the next scrape has it
+                continue
+            for kind, n in counts:
+                lost.add_metric([getattr(sink, "label", sink.name), kind], n)
+        yield lost
         lag = GaugeMetricFamily("dns_detector_consumer_lag", "records behind the log end",
                                 labels=["topic", "partition"])
         for fn in lags:
@@ -154,6 +168,15 @@ def register_source(fn: Callable[[], dict[str, int]]) -> None:
     """``fn()`` returns {kind: count}, e.g. dns_messages, parse errors, lost BPF events."""
     with _lock:
         _sources.append(fn)
+
+
+def register_outputs(sinks: Iterable) -> None:
+    """Sinks that count what they could not write (``lost``: {kind: n}, e.g. the
+    JSON-lines outputs): ``dns_detector_output_lost_total{output,kind}``."""
+    with _lock:
+        for s in sinks:
+            if hasattr(s, "lost") and all(s is not t for t in _outputs):
+                _outputs.append(s)
 
 
 def register_lag(fn: Callable[[], Iterable[tuple[str, int, int]]]) -> None:

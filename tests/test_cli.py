@@ -93,17 +93,18 @@ def _free_port() -> int:
 def _metric(text: str, name: str) -> float | None:
     for line in text.splitlines():
         if line.startswith(name + " "):
-            return float(line.split()[1])
+            return float(line.rsplit(" ", 1)[1])
     return None
 
 
 def test_metrics_are_live_and_a_paused_stdin_hands_its_alerts_on():
     """The demo capture goes in on stdin, which stays open: while the command
     still runs, the endpoint counts the repeats suppressed so far (it used to
-    say 0 until exit) and the alerts of what was read are on stdout already."""
+    say 0 until exit) and the events lost to /dev/full so far, and the alerts
+    of what was read are on stdout already."""
     port = _free_port()
     p = subprocess.Popen(DETECTOR + ["replay", "pcap", "-", "-q", "--rules", "rules/",
-                                     "--metrics-port", str(port)],
+                                     "--metrics-port", str(port), "--events", "--events-output", "/dev/full"],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
     try:
         p.stdin.write(open(DEMO, "rb").read())
@@ -117,11 +118,13 @@ def test_metrics_are_live_and_a_paused_stdin_hands_its_alerts_on():
                 time.sleep(0.2)
                 continue
             suppressed = _metric(text, "dns_detector_suppressed_total")
-            if suppressed:
+            lost = _metric(text, 'dns_detector_output_lost_total{kind="event",output="--events-output /dev/full"}')
+            if suppressed and lost:
                 break
             time.sleep(0.2)
         assert p.poll() is None, "the command ended with stdin still open"
         assert suppressed and suppressed > 0, suppressed
+        assert lost and lost > 0, lost  # the events lost so far, counted as they are lost
         # alerts of the part read are out before the end of the input
         ready, _, _ = select.select([p.stdout], [], [], 30)
         assert ready, "no alert on stdout while stdin is paused"
@@ -129,7 +132,8 @@ def test_metrics_are_live_and_a_paused_stdin_hands_its_alerts_on():
         assert json.loads(first)["event"]["kind"] == "alert"
     finally:
         out, err = p.communicate(timeout=120)
-    assert p.returncode == 0, err.decode()[-2000:]
+    assert p.returncode == 5, err.decode()[-2000:]
+    assert b"detector: error: --events-output /dev/full: " in err
 
 
 # --- progress ----------------------------------------------------------------------

@@ -270,6 +270,10 @@ def pipeline_factory(args: argparse.Namespace, rules: RuleSet, outputs: Outputs,
     """What makes each lane's Pipeline (one for replay and live, one per partition
     for consume); starts the metrics endpoint when --metrics-port."""
     latency = _start_metrics(args) if getattr(args, "metrics_port", None) else None
+    if latency is not None:
+        from detector import metrics
+
+        metrics.register_outputs(outputs.all)
 
     def make() -> Pipeline:
         pipe = Pipeline(rules, [_NoClose(s, "alert") for s in outputs.alerts],
