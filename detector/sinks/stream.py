@@ -122,7 +122,8 @@ class StreamSink(Sink):
             raise
         except OSError as e:
             whole = data[:done].count(b"\n") - (1 if lead and done else 0)
-            self._torn = bool(done) and data[done - 1:done] != b"\n"
+            if done:  # else the file ends as it did (torn or not)
+                self._torn = data[done - 1:done] != b"\n"
             self._lose(kinds[max(whole, 0):], e.strerror or str(e))
 
     def _lose(self, kinds: list[str], why: str) -> None:
