@@ -120,7 +120,13 @@ def bot(port: int, seed: int = 20261122) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2 or not sys.argv[1].isdigit():
-        print("usage: python -m detector.demo_traffic PORT", file=sys.stderr)
+    args = sys.argv[1:]
+    wait = args[:1] == ["--wait"]  # started early, goes on a line on stdin (the sensor may not exec later)
+    if wait:
+        args = args[1:]
+    if len(args) != 1 or not args[0].isdigit():
+        print("usage: python -m detector.demo_traffic [--wait] PORT", file=sys.stderr)
         sys.exit(2)
-    print(f"demo-bot: sent {bot(int(sys.argv[1]))} queries", file=sys.stderr)
+    if wait and not sys.stdin.readline():
+        sys.exit(0)  # the demo ended before the probes were armed
+    print(f"demo-bot: sent {bot(int(args[0]))} queries", file=sys.stderr)

@@ -139,8 +139,11 @@ def headers_present() -> bool:
 
 
 def live_capture_available() -> bool:
-    """True when this host can run live capture: root, BCC, kernel headers, cgroup v2."""
-    if os.geteuid() != 0 or not headers_present() or cgroup2_root() is None:
+    """True when this host can run live capture: root (or the capabilities to load
+    the programs, see capture/privileges.py), BCC, kernel headers, cgroup v2."""
+    from detector.capture.privileges import can_load
+
+    if not can_load() or not headers_present() or cgroup2_root() is None:
         return False
     try:
         import bcc  # noqa: F401
@@ -151,10 +154,14 @@ def live_capture_available() -> bool:
 
 def check_requirements() -> None:
     """Raise the DetectorError that says why live capture cannot run here."""
-    if os.geteuid() != 0:
-        raise DetectorError("live capture needs root (loading eBPF programs and attaching them "
-                            "to the cgroup v2 root)", errors.NOT_ROOT,
-                            "run as root, or replay a capture: detector replay pcap FILE")
+    from detector.capture.privileges import can_load
+
+    if not can_load():
+        raise DetectorError("live capture needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (loading "
+                            "eBPF programs and attaching them to the cgroup v2 root)", errors.NOT_ROOT,
+                            "run as root, or give those capabilities (setpriv --ambient-caps, a systemd "
+                            "AmbientCapabilities=, a pod's securityContext), or replay a capture: "
+                            "detector replay pcap FILE")
     try:
         import bcc  # noqa: F401
     except ImportError:
@@ -247,7 +254,8 @@ class LiveCapture:
 
     def __init__(self, ports: frozenset[int] | set[int] = frozenset({53}),
                  conn_ports: tuple[int, ...] = CONN_PORTS,
-                 on_overload: Callable[[Finding], None] | None = None) -> None:
+                 on_overload: Callable[[Finding], None] | None = None,
+                 drop_privileges: bool = True) -> None:
         check_requirements()
         from bcc import BPF, BPFAttachType
 
@@ -305,6 +313,15 @@ class LiveCapture:
             raise DetectorError(f"attaching to the cgroup v2 root failed: {_one_line(e)}",
                                 errors.BPF_REJECTED,
                                 "is another tool holding an exclusive cgroup attachment?") from None
+        # attached: from here on only what the running sensor needs (capture/privileges.py)
+        self.privileges: dict | None = None
+        if drop_privileges:
+            from detector.capture.privileges import PrivilegeError, drop_after_load
+
+            try:
+                self.privileges = drop_after_load()
+            except (PrivilegeError, OSError) as e:
+                log.warning("live capture keeps its privileges: %s", e)
         self.mono_to_wall = time.time() - time.monotonic()
         self.host = socket.gethostname()
         self.on_overload = on_overload

@@ -58,8 +58,13 @@ def add_pipeline_args(p: argparse.ArgumentParser, events_help: str = "also write
     g.add_argument("--events-output", metavar="FILE",
                    help="write events to this file instead of mixing them with alerts")
     g.add_argument("--format", choices=("ecs", "jsonl", "ocsf"), default="ecs",
-                   help="ecs: Elastic Common Schema (default); jsonl: flat records; "
-                   "ocsf: alerts as OCSF Detection Finding (class 2004), events as ECS")
+                   help="ecs: Elastic Common Schema 9.4 (default); jsonl: flat records; "
+                   "ocsf: OCSF 1.8, events as DNS Activity (class 4003), alerts as Detection Finding "
+                   "(class 2004)")
+    g.add_argument("--event-model", choices=("message", "transaction"), default="message",
+                   help="with --events: message: one document per DNS message, plus one when a query "
+                   "times out; transaction: one per query and its response (or its timeout), as "
+                   "Packetbeat and Zeek write them (docs/output.md)")
     g.add_argument("--no-stdout", action="store_true",
                    help="with --kafka, do not also print alerts on stdout")
     d = p.add_argument_group("detection")
@@ -224,19 +229,12 @@ def build_outputs(args: argparse.Namespace, *, publish_events: bool | None = Non
     if publish_events and not getattr(args, "kafka", None):
         raise DetectorError("--publish-events needs --kafka BOOTSTRAP", errors.USAGE)
     o = Outputs()
-    if getattr(args, "kafka", None):
-        from detector.kafkaconf import kafka_config_from_args
-        from detector.sinks.kafka import EventSink, KafkaSink
-
-        conf = kafka_config_from_args(args)
-        o.kafka = KafkaSink(conf)
-        o.alerts.append(o.kafka)
-        if publish_events:
-            o.raw.append(EventSink(conf))
+    kafka = bool(getattr(args, "kafka", None))
     out = None
     append = getattr(args, "append", False)
     try:
-        if not (o.kafka is not None and args.no_stdout and args.output == "-"):
+        # files first: a bad path is refused before a broker is contacted or a spool opened
+        if not (kafka and args.no_stdout and args.output == "-"):
             out = open_output(args.output, append=append, option="-o")
             o.alerts.append(out)
         if args.events:
@@ -244,6 +242,15 @@ def build_outputs(args: argparse.Namespace, *, publish_events: bool | None = Non
                 o.events.append(open_output(args.events_output, append=append, option="--events-output"))
             elif out is not None:
                 o.events.append(out)
+        if kafka:
+            from detector.kafkaconf import kafka_config_from_args
+            from detector.sinks.kafka import EventSink, KafkaSink
+
+            conf = kafka_config_from_args(args)
+            o.kafka = KafkaSink(conf)
+            o.alerts.insert(0, o.kafka)
+            if publish_events:
+                o.raw.append(EventSink(conf))
     except BaseException:
         o.close()
         raise
@@ -279,6 +286,7 @@ def pipeline_factory(args: argparse.Namespace, rules: RuleSet, outputs: Outputs,
         pipe = Pipeline(rules, [_NoClose(s, "alert") for s in outputs.alerts],
                         [_NoClose(s, "event") for s in outputs.events + outputs.raw],
                         query_timeout=args.query_timeout, fmt=args.format,
+                        event_model=getattr(args, "event_model", "message"),
                         suppress_window=args.suppress_window, on_alert=on_alert, latency=latency)
         if latency is not None:
             _register_metrics(pipe)

@@ -38,7 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pcap", metavar="FILE", help="replay this capture instead of the bundled one")
     p.add_argument("--duration", type=float, default=20.0, metavar="SEC",
                    help="live capture length (default 20 s)")
-    p.add_argument("--format", choices=("ecs", "jsonl", "ocsf"), default="ecs")
+    p.add_argument("--format", choices=("ecs", "jsonl", "ocsf"), default="ecs",
+                   help="ecs: Elastic Common Schema 9.4 (default); jsonl: flat records; ocsf: OCSF 1.8 "
+                   "(DNS Activity 4003 events, Detection Finding 2004 alerts)")
     p.add_argument("--no-broker", action="store_true", help="skip the embedded broker")
     p.add_argument("--no-sample", action="store_true",
                    help="live: do not start the demo-bot (sample DGA and tunnel traffic on loopback)")
@@ -103,6 +105,10 @@ class _SampleTraffic:
 
     def start(self) -> "_SampleTraffic":
         self.responder.start()
+        # started now, told to go once the probes are armed: after loading them the
+        # sensor drops its privileges and may no longer exec (capture/privileges.py)
+        self.child = subprocess.Popen([sys.executable, "-m", "detector.demo_traffic", "--wait", str(self.port)],
+                                      stdin=subprocess.PIPE)
         self._thread.start()
         return self
 
@@ -114,10 +120,19 @@ class _SampleTraffic:
                 return
         time.sleep(0.5)  # the reader thread is draining by now
         _say(f"starting demo-bot: a DGA walk and a DNS tunnel to 127.0.0.1:{self.port} (loopback only)")
-        self.child = subprocess.Popen([sys.executable, "-m", "detector.demo_traffic", str(self.port)])
+        try:
+            self.child.stdin.write(b"go\n")
+            self.child.stdin.close()
+        except OSError as e:  # the bot is gone already
+            _say(f"demo-bot did not start: {e}")
 
     def stop(self) -> None:
         self._done.set()
+        if self.child is not None and self.child.stdin is not None and not self.child.stdin.closed:
+            try:
+                self.child.stdin.close()  # never told to go: it exits
+            except OSError:
+                pass
         if self.child is not None and self.child.poll() is None:
             self.child.terminate()
             try:

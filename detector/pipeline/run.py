@@ -71,6 +71,7 @@ class Pipeline:
         *,
         query_timeout: float = 5.0,
         fmt: str = "ecs",
+        event_model: str = "message",
         suppress_window: float = 600.0,
         on_alert: Callable[[dict], None] | None = None,
         latency: object | None = None,
@@ -85,6 +86,7 @@ class Pipeline:
         self._conn_sinks = [s.write_conn for s in self.event_sinks if hasattr(s, "write_conn")]
         self._doc_sinks = [s for s in self.event_sinks if not getattr(s, "wants_events", False)]
         self.fmt = fmt
+        self.event_model = event_model  # "message" or "transaction" (docs/output.md)
         self.correlator = Correlator(query_timeout)
         self.enrich = Enricher(rules.allowlist)
         self.suppressor = Suppressor(suppress_window)
@@ -187,8 +189,11 @@ class Pipeline:
             self._tick(ts)
         for w in self._raw_sinks:
             w(e)
-        for s in self._doc_sinks:
-            s.write(render_event(e, self.fmt), e.registered_domain)
+        if self._doc_sinks:
+            doc = render_event(e, self.fmt, self.event_model)
+            if doc is not None:  # the transaction model writes a query with its response
+                for s in self._doc_sinks:
+                    s.write(doc, e.registered_domain)
         for o in self.observers:
             o(e)
         for d in self._by_kind[kind]:
