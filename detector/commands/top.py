@@ -26,6 +26,7 @@ from collections import Counter
 
 from detector import errors
 from detector.errors import DetectorError
+from detector.views.text import safe
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ def _show(args, top: Top, final: bool) -> None:
         return
     if sys.stdout.isatty() and not final:
         sys.stdout.write("\033[H\033[2J")
-    sys.stdout.write(top.render())
+    sys.stdout.write(safe(top.render()))  # names from packets and /proc: shown, never obeyed
     sys.stdout.flush()
 
 

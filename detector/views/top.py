@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from detector.dns.constants import RCODES
 from detector.events import DnsEvent
+from detector.views.text import safe
 
 SAMPLE = 512  # latencies kept per key (reservoir by replacement of the oldest)
 
@@ -132,7 +133,7 @@ class TopView:
             out.append("  " + "  ".join(c.ljust(w) for c, w in zip(cols, widths)))
             for r in rows:
                 out.append("  " + "  ".join(_fmt(r[c]).ljust(w) for c, w in zip(cols, widths)))
-        return "\n".join(out).lstrip("\n") + "\n"
+        return safe("\n".join(out).lstrip("\n") + "\n")
 
 
 def _r(x: float | None) -> float | None:
