@@ -7,8 +7,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import signal
 import sys
+
+# numpy's BLAS would start a thread pool on import, before live capture drops its
+# privileges, and capabilities are per thread; our matrices are small anyway
+for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
 
 from detector import errors
 

@@ -23,14 +23,14 @@ from detector.capture import privileges as P
 from detector.capture.live import cgroup2_root
 from detector.paths import REPO
 from tests.conftest import DETECTOR
-from tests.test_live import resolver, run_client, start_live  # noqa: F401  (resolver: a fixture)
+from tests.test_live import free_port, resolver, run_client, start_live  # noqa: F401  (resolver: a fixture)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="live eBPF capture needs root")
 
 KEPT = P.mask(P.KEEP)
 
 
-def status(pid: int) -> dict[str, str]:
+def status(pid: int | str) -> dict[str, str]:
     out = {}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -63,10 +63,17 @@ def attached_ids(cg: str) -> set[int]:
     return out
 
 
-def test_the_running_sensor_keeps_only_what_it_needs(resolver):  # noqa: F811
+def test_the_running_sensor_keeps_only_what_it_needs(resolver, tmp_path):  # noqa: F811
     before = attached_ids(cgroup2_root())
-    live = start_live(resolver, 6)
+    # a metrics server and a Kafka client: threads of their own, started after the drop
+    live = start_live(resolver, 6, "--metrics-port", str(free_port()), "--metrics-addr", "127.0.0.1",
+                      "--kafka", f"127.0.0.1:{free_port()}", "--spool-dir", str(tmp_path / "spool"))
     try:
+        time.sleep(0.5)
+        tasks = os.listdir(f"/proc/{live.pid}/task")
+        assert len(tasks) >= 3
+        for t in tasks:  # capabilities are per thread: every one of them
+            assert int(status(f"{live.pid}/task/{t}")["CapEff"], 16) == KEPT, t
         st = status(live.pid)
         assert int(st["CapEff"], 16) == KEPT, st["CapEff"]
         assert int(st["CapPrm"], 16) == KEPT and int(st["CapBnd"], 16) == KEPT

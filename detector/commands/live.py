@@ -69,11 +69,13 @@ def run(args: argparse.Namespace) -> int:
     check_requirements()  # before building sinks: a clear error first
     rules = load_ruleset(args)
     summary_file = open_summary(args)
-    outputs, lanes = prepare(args, rules=rules)
+    # load and attach first: the capture then drops its privileges (capture/privileges.py),
+    # and capabilities are per thread, so no thread may start before (Kafka clients, metrics)
+    source = LiveSource(args.ports)
     try:
-        source = LiveSource(args.ports)
+        outputs, lanes = prepare(args, rules=rules)
     except BaseException:
-        outputs.close()
+        source.close()
         raise
     pipe = lanes.get(0)
     # shedding under overload is an alert (sensor-overload), never silent
