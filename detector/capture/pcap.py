@@ -29,6 +29,11 @@ PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
 RELEASE_BYTES = 8 << 20  # read pages given back in steps of this much
 CHUNK = 1 << 20  # stream mode: bytes asked of each read
 PROGRESS_EVERY = 0x3FF  # offset for progress updated every 1024 packets
+#: a packet stamped later than this (year 5138) cannot be dated in ECS or OCSF:
+#: it is a counted skip (``bad_timestamps``), not an event
+MAX_TS = 1e11
+#: pcapng block type -> its smallest total length (12 + the fixed fields)
+_MIN_BLOCK = {6: 32, 2: 32, 3: 16, 1: 20}
 
 
 class CaptureError(ValueError):
@@ -54,7 +59,8 @@ class PcapReader:
         self.truncated = False
         self.truncated_detail = ""
         self.packets = 0
-        self.skipped_blocks = 0
+        self.skipped_blocks = 0  # pcapng blocks too short, or for an interface never described
+        self.bad_timestamps = 0  # packets stamped beyond MAX_TS
         self.offset = 0  # bytes consumed, for progress (updated every PROGRESS_EVERY packets)
         self.idle_marks = False
         self._fd: int | None = None  # stream mode: the descriptor read in chunks
@@ -282,16 +288,22 @@ class PcapReader:
                         self._cut(f"last block at byte {self._base + off} cut short ({size - off} of {blen} bytes)")
                         return
                 body = off + 8
-                if btype == 6:  # enhanced packet block
+                if blen < _MIN_BLOCK.get(btype, 12):  # too short for its own fixed fields
+                    self.skipped_blocks += 1
+                elif btype == 6:  # enhanced packet block
                     iid, th, tl, caplen, _orig = struct.unpack_from(e + "IIIII", buf, body)
                     if iid < len(ifaces) and body + 20 + caplen <= off + blen:
                         lt, tick = ifaces[iid]
-                        n += 1
-                        if not n & PROGRESS_EVERY:
-                            self.offset = self._base + off
-                            if not n & 0x3FFF:
-                                self._release(off)
-                        yield ((th << 32) | tl) * tick, lt, buf[body + 20:body + 20 + caplen]
+                        ts = ((th << 32) | tl) * tick
+                        if ts > MAX_TS:
+                            self.bad_timestamps += 1
+                        else:
+                            n += 1
+                            if not n & PROGRESS_EVERY:
+                                self.offset = self._base + off
+                                if not n & 0x3FFF:
+                                    self._release(off)
+                            yield ts, lt, buf[body + 20:body + 20 + caplen]
                     else:
                         self.skipped_blocks += 1
                 elif btype == 3:  # simple packet block: no timestamp
@@ -308,8 +320,14 @@ class PcapReader:
                     iid, _drops, th, tl, caplen = struct.unpack_from(e + "HHIII", buf, body)
                     if iid < len(ifaces) and body + 20 + caplen <= off + blen:
                         lt, tick = ifaces[iid]
-                        n += 1
-                        yield ((th << 32) | tl) * tick, lt, buf[body + 20:body + 20 + caplen]
+                        ts = ((th << 32) | tl) * tick
+                        if ts > MAX_TS:
+                            self.bad_timestamps += 1
+                        else:
+                            n += 1
+                            yield ts, lt, buf[body + 20:body + 20 + caplen]
+                    else:
+                        self.skipped_blocks += 1
                 off += blen
             if off != size:
                 self._cut(f"{size - off} stray bytes after the last block")

@@ -125,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         "suppressed": stats.suppressed,
         "rules_off": rules_off(lanes),
         "truncated": source.truncated,
+        "refused": source.refused,
         "seconds": round(elapsed, 3),
         "packets_per_second": round(dec.packets / elapsed) if elapsed > 0 else None,
     }
@@ -136,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
                 ("time", f"{elapsed:.2f} s ({summary['packets_per_second'] or 0:,} pkts/s)")]
         if dec.unknown_linktypes:
             rows.append(("unknown link types", dict(dec.unknown_linktypes)))
+        rows += [("refused", why) for why in source.refused]
         rows += [("rule off", f"{rid}: {why}") for rid, why in summary["rules_off"].items()]
         if res.interrupted:
             rows.append(("interrupted", "processed the packets before the signal"))
@@ -145,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
         code = errors.ALERTS
     if source.truncated:
         code = errors.TRUNCATED
+    if source.refused:  # a capture (of several) could not be read: the rest was
+        code = errors.USAGE
     if res.interrupted:
         code = errors.INTERRUPTED
     return exit_code(outputs, code, write_summary(summary_file, summary))

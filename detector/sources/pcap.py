@@ -11,6 +11,7 @@ error: what came before the cut is processed and the file is listed in
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from collections.abc import Iterator
 
 from detector import errors
@@ -37,6 +38,9 @@ class PcapSource(Source):
         self.total_bytes = check_inputs(self.paths)
         self.dec = PacketDecoder(ports, on_conn=self._on_conn if conns else None)
         self.truncated: list[str] = []
+        #: captures refused (not a capture, unknown link type, broken mid-file): one line each
+        self.refused: list[str] = []
+        self.reader_skips: Counter = Counter()  # the readers' counted skips, all files
         self.warn = warn if warn is not None else _warn
         #: called when a stream (stdin) has nothing more for now, after the batch
         #: before it was handed on: the command flushes its sinks
@@ -59,9 +63,7 @@ class PcapSource(Source):
         lts = reader.linktypes
         if reader.format == "pcap" and lts and lts[0] not in SUPPORTED_LINKTYPES:
             reader.close()
-            raise DetectorError(
-                f"{_name(path)}: unknown link type {lts[0]}; supported: "
-                + ", ".join(f"{k} {v}" for k, v in sorted(SUPPORTED_LINKTYPES.items())), errors.USAGE)
+            raise DetectorError(_unknown_linktype(path, lts[0]), errors.USAGE)
         return reader
 
     def _take(self) -> Batch:
@@ -72,12 +74,21 @@ class PcapSource(Source):
 
     def batches(self) -> Iterator[Batch]:
         for path in self.paths:
-            reader = self._reader = self._open(path)
+            try:
+                reader = self._reader = self._open(path)
+            except DetectorError as e:
+                if len(self.paths) == 1:
+                    raise
+                self._refuse(path, str(e))  # the others are still read
+                continue
             self._label = _name(path)
-            if reader.streaming:
-                yield from self._stream(reader)
-            else:
-                yield from self._file(reader)
+            try:
+                if reader.streaming:
+                    yield from self._stream(reader)
+                else:
+                    yield from self._file(reader)
+            except CaptureError as e:  # broke mid-file (a second section with a bad magic...)
+                self._refuse(path, f"{e}; the packets before it were processed")
             self._out.extend(self.dec.flush())  # messages held behind TCP holes
             if self._out:
                 yield self._take()
@@ -85,9 +96,21 @@ class PcapSource(Source):
                 self.truncated.append(f"{_name(path)}: {reader.truncated_detail}")
                 self.warn(f"{_name(path)} is truncated ({reader.truncated_detail}); "
                           "processed the packets before the cut")
+            lts = reader.linktypes
+            if reader.format == "pcapng" and lts and not any(lt in SUPPORTED_LINKTYPES for lt in lts):
+                # as a classic pcap of that link type is refused: nothing here was readable
+                self._refuse(path, _unknown_linktype(path, lts[0]))
+            self.reader_skips["pcapng_bad_blocks"] += reader.skipped_blocks
+            self.reader_skips["bad_timestamps"] += reader.bad_timestamps
             self._done_bytes += reader.offset
             reader.close()
             self._reader = None
+
+    def _refuse(self, path: str, why: str) -> None:
+        """A capture that could not be read (at all, or past some point): said at once,
+        listed in the summary, exit 2 at the end; the run goes on with the next file."""
+        self.refused.append(why)
+        self.warn(f"{why}" if why.startswith(_name(path)) else f"{_name(path)}: {why}")
 
     def _file(self, reader: PcapReader) -> Iterator[Batch]:
         frame = self.dec.frame
@@ -143,6 +166,7 @@ class PcapSource(Source):
     def errors(self) -> dict[str, int]:
         """Skips and parse errors by kind (for the summary)."""
         skipped = {k: v for k, v in self.dec.stats.items() if k not in _NOT_ERRORS}
+        skipped.update((k, v) for k, v in self.reader_skips.items() if v)
         if self.dec.tcp.gaps:
             skipped["tcp_gaps"] = self.dec.tcp.gaps
         return skipped
@@ -191,6 +215,11 @@ def check_inputs(paths: list[str]) -> int | None:
         else:  # a FIFO or a device: read as a stream, size unknown
             total = None
     return total
+
+
+def _unknown_linktype(path: str, lt: int) -> str:
+    return (f"{_name(path)}: unknown link type {lt}; supported: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(SUPPORTED_LINKTYPES.items())))
 
 
 def _name(path: str) -> str:
