@@ -383,8 +383,11 @@ def read_rules(paths: list[str | os.PathLike[str]] | None = None) -> RuleSet:
                 raise RuleError(path, 0, f"{size:,} bytes is over the {MAX_FILE_BYTES // 2**20} MiB a rule "
                                          "file may hold (long domain lists go in a text file, one per line: domain_files in an allowlist, params.files in a denylist)")
             text = f.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise RuleError(path, 0, f"cannot read: {e}") from None
+        except UnicodeDecodeError as e:
+            raise RuleError(path, 0, f"not a rule file: byte {e.start} is not UTF-8 text (a capture given "
+                                     "to --rules?)") from None
+        except OSError as e:
+            raise RuleError(path, 0, f"cannot read: {e.strerror or e}") from None
         _check_events(path, text)
         try:
             node = yaml.compose(text, Loader=_Loader)

@@ -104,3 +104,10 @@ def test_a_huge_yaml_file_is_refused_and_a_domain_file_is_the_way(tmp_path, monk
     with pytest.raises(RuleError) as e:
         load_rules([big])
     assert str(e.value).startswith(f"{big}:2: domain_files: cannot read")
+
+
+def test_a_capture_given_as_rules_is_named_for_what_it_is(tmp_path):
+    f = tmp_path / "x.pcap"
+    f.write_bytes(b"\xd4\xc3\xb2\xa1" + bytes(40))
+    r = run_detector("rules", "check", str(f))
+    assert r.returncode == 4 and "not a rule file: byte 0 is not UTF-8 text" in r.stderr, r.stderr
