@@ -83,10 +83,7 @@ class PcapSource(Source):
                 continue
             self._label = _name(path)
             try:
-                if reader.streaming:
-                    yield from self._stream(reader)
-                else:
-                    yield from self._file(reader)
+                yield from self._read(reader)
             except CaptureError as e:  # broke mid-file (a second section with a bad magic...)
                 self._refuse(path, f"{e}; the packets before it were processed")
             self._out.extend(self.dec.flush())  # messages held behind TCP holes
@@ -112,30 +109,16 @@ class PcapSource(Source):
         self.refused.append(why)
         self.warn(f"{why}" if why.startswith(_name(path)) else f"{_name(path)}: {why}")
 
-    def _file(self, reader: PcapReader) -> Iterator[Batch]:
-        frame = self.dec.frame
-        n = 0
-        out = self._out
-        for ts, lt, data in reader:
-            evs = frame(ts, lt, data)
-            if evs:
-                out.extend(evs)
-            n += 1
-            if n >= BATCH_PACKETS:
-                n = 0
-                if out:
-                    yield self._take()
-                    out = self._out
-
-    def _stream(self, reader: PcapReader) -> Iterator[Batch]:
-        """stdin or a pipe: as _file, and what is held goes on whenever the
-        stream pauses (a live `tcpdump -U -w -` gives its alerts as they happen)."""
-        reader.idle_marks = True
+    def _read(self, reader: PcapReader) -> Iterator[Batch]:
+        """The file's frames, decoded, in batches of BATCH_PACKETS packets. From
+        stdin or a pipe, what is held also goes on whenever the stream pauses (a
+        live `tcpdump -U -w -` gives its alerts as they happen)."""
+        reader.idle_marks = reader.streaming
         frame = self.dec.frame
         n = 0
         out = self._out
         for item in reader:
-            if item is None:  # nothing to read right now
+            if item is None:  # a stream with nothing to read right now
                 n = 0
                 if out:
                     yield self._take()
