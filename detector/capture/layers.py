@@ -106,8 +106,8 @@ class PacketDecoder:
         self.on_conn = on_conn
         self.conn_ports = conn_ports
         self.frags = _Fragments()
-        self.tcp = TcpDnsReassembler()
-        self.stats: Counter[str] = Counter()  # skip/error reasons
+        self.stats: Counter[str] = Counter()  # skip/error reasons (tcp_*: the reassembler's)
+        self.tcp = TcpDnsReassembler(stats=self.stats)
         self.packets = 0
         self.dns_messages = 0
         self.unknown_linktypes: Counter[int] = Counter()
@@ -121,6 +121,8 @@ class PacketDecoder:
         if ts - self._last_expire > 5.0:
             self.frags.expire(ts)
             self._last_expire = ts
+            if self.tcp:
+                self._tcp_out(self.tcp.expire(ts), out)
         try:
             if linktype == LT_ETHERNET:
                 # Fast path: Ethernet, IPv4 without options or fragments, UDP to a DNS port.
@@ -220,9 +222,12 @@ class PacketDecoder:
     def flush(self) -> list[DnsEvent]:
         """End of input: emit DNS messages held behind TCP holes."""
         out: list[DnsEvent] = []
-        for (src, sport, dst, dport, ipv), ts, msg in self.tcp.flush_gaps():
-            self._dns(ts, "tcp", ipv, src, sport, dst, dport, msg, out)
+        self._tcp_out(self.tcp.flush_gaps(), out)
         return out
+
+    def _tcp_out(self, held: list, out: list) -> None:
+        for (src, sport, dst, dport, ipv), ts, msg in held:
+            self._dns(ts, "tcp", ipv, src, sport, dst, dport, msg, out)
 
     # --- link and network layers ---------------------------------------------------
     def _ether(self, ts: float, d: bytes, off: int, out: list, depth: int) -> None:
@@ -321,11 +326,15 @@ class PacketDecoder:
             else:
                 self.stats["not_dns"] += 1
         elif proto == 6:
-            sport, dport, seq, _ack, doff, flags = _TCP.unpack_from(d, off)
+            sport, dport, seq, ack, doff, flags = _TCP.unpack_from(d, off)
             ports = self.ports
             if dport in ports or sport in ports:
                 payload = d[off + (doff >> 4) * 4:end]
-                msgs = self.tcp.segment((src, sport, dst, dport, ipv), seq, flags, payload, ts)
+                tcp = self.tcp
+                if flags & 0x10 and tcp:  # what the other side's receiver has: holes to give up
+                    for m in tcp.ack((dst, dport, src, sport, ipv), ack, ts):
+                        self._dns(ts, "tcp", ipv, dst, dport, src, sport, m, out)
+                msgs = tcp.segment((src, sport, dst, dport, ipv), seq, flags, payload, ts)
                 for m in msgs:
                     self._dns(ts, "tcp", ipv, src, sport, dst, dport, m, out)
             elif flags & 0x12 == 0x02 and dport in self.conn_ports and self.on_conn is not None:
