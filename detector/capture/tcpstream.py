@@ -263,13 +263,18 @@ class TcpDnsReassembler:
         return res
 
     def flush_gaps(self) -> list[tuple[Hashable, float, bytes]]:
-        """At end of capture: give up on every hole; return (key, ts, message) after it."""
+        """At end of capture: give up on every hole (in a stream whose ACKs are seen,
+        up to what the receiver acknowledged); return (key, ts, message) after it."""
         res: list[tuple[Hashable, float, bytes]] = []
         for key, st in list(self._holders.items()):
             if st.ooo:
                 out: list[bytes] = []
-                while st.ooo and not st.dead:
-                    self._give_up_hole(st, None, out)
+                if st.acks_seen:  # only what the receiver is known to have
+                    if st.acked > st.nxt:
+                        self._give_up_hole(st, st.acked, out)
+                else:
+                    while st.ooo and not st.dead:
+                        self._give_up_hole(st, None, out)
                 res.extend((key, st.last_ts, m) for m in out)
                 self._account(key, st)
         return res
