@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 import tomllib
 
 import pytest
@@ -111,3 +112,82 @@ def test_image_replays_the_bundled_capture_into_alerts(image):
     rules = {d["rule"]["id"] for d in alerts}
     assert {"dns-dga", "dns-tunnel", "dns-exfiltration"} <= rules, rules
     assert all(d["observer"]["version"] == VERSION for d in alerts)
+
+
+CAP_BITS = {"NET_ADMIN": 12, "SYS_PTRACE": 19, "SYS_RESOURCE": 24, "PERFMON": 38, "BPF": 39}
+
+CLIENT = r"""
+import ctypes, os, socket, struct, sys, threading, time
+def ask():
+    ctypes.CDLL(None).prctl(15, b"dns-worker", 0, 0, 0)  # PR_SET_NAME: this thread's comm
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(3)
+    q = struct.pack("!HHHHHH", 7, 0x0100, 1, 0, 0, 0) + b"\x05image\x07example\x03com\x00\x00\x01\x00\x01"
+    s.sendto(q, ("127.0.0.1", int(sys.argv[1])))
+    s.recvfrom(2048)
+t = threading.Thread(target=ask)
+t.start()
+t.join()
+print(os.getpid(), flush=True)
+time.sleep(2)  # stay until the sensor has read /proc
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.live
+def test_the_image_captures_live_with_the_daemonsets_capabilities_only(image):
+    """The sensor as deploy/kubernetes runs it: the image's own BCC and Python, the
+    node's kernel headers mounted read-only, every capability dropped but the
+    DaemonSet's, seccomp unconfined as there."""
+    from detector.capture.live import live_capture_available
+    from tests.test_live import free_port
+
+    if not live_capture_available():
+        pytest.skip("no live eBPF capture on this host (BCC, headers, cgroup v2)")
+    import yaml
+
+    ds = yaml.safe_load((REPO / "deploy/kubernetes/sensor-daemonset.yaml").read_text())
+    (c,) = ds["spec"]["template"]["spec"]["containers"]
+    assert c["securityContext"]["seccompProfile"]["type"] == "Unconfined"
+    bounding = int(re.search(r"CapBnd:\s*([0-9a-f]+)", open("/proc/self/status").read()).group(1), 16)
+    # a capability this sandbox itself lacks (SYS_RESOURCE here) cannot be granted
+    caps = [k for k in c["securityContext"]["capabilities"]["add"] if bounding >> CAP_BITS[k] & 1]
+    assert {"BPF", "PERFMON", "NET_ADMIN", "SYS_PTRACE"} <= set(caps)
+    port = free_port()
+    dm = subprocess.Popen(["/usr/sbin/dnsmasq", "-k", "--no-resolv", "--no-hosts", "--address=/#/1.2.3.4",
+                           "--listen-address=127.0.0.1", f"--port={port}", "--bind-interfaces", "-z",
+                           "--user=root", "--pid-file="], stderr=subprocess.PIPE)
+    ctr = subprocess.run(["buildah", "from", "--pull=never", "-q", "--security-opt", "seccomp=unconfined",
+                          "--cap-drop", "ALL", "--cap-add", ",".join(f"CAP_{k}" for k in caps), IMAGE],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        mounts = [a for p in c["volumeMounts"] if p["mountPath"] in ("/lib/modules", "/usr/src")
+                  for a in ("-v", f"{p['mountPath']}:{p['mountPath']}:ro")]
+        live = subprocess.Popen(["buildah", "run", "--isolation", "chroot", *mounts, ctr, "--",
+                                 "/usr/local/bin/detector-entrypoint", "live", "--duration", "12", "--ports", str(port),
+                                 "--events", "--format", "jsonl"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        t, head = time.monotonic(), ""
+        while time.monotonic() - t < 90:
+            line = live.stderr.readline()
+            head += line
+            if "capturing DNS" in line or not line:
+                break
+        assert "capturing DNS" in head, head + live.stderr.read()
+        cl = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3",
+                             "-c", CLIENT, str(port)], capture_output=True, text=True, timeout=20)
+        assert cl.returncode == 0, cl.stderr
+        out, err = live.communicate(timeout=90)
+        assert live.returncode == 0, (head + err)[-2000:]
+    finally:
+        dm.terminate()
+        dm.wait(5)
+        subprocess.run(["buildah", "rm", ctr], capture_output=True)
+    evs = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+    ours = [e for e in evs if e["qname"] == "image.example.com"]
+    assert len(ours) == 2, evs[-4:]  # the query and its response
+    for e in ours:
+        p = e["process"]
+        assert p["pid"] == int(cl.stdout) and p["uid"] == 65534
+        assert p["comm"] == "dns-worker" and p["name"].startswith("python3")
+        assert p["exe"] == os.path.realpath("/usr/bin/python3")  # another user's: SYS_PTRACE
