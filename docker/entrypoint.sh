@@ -1,6 +1,10 @@
 #!/bin/sh
-# Container entrypoint: mount debugfs/tracefs when the sensor runs privileged and they
-# are not mounted yet (BCC needs them), then hand over to `detector ARGS...`.
+# Container entrypoint: `detector ARGS...`.
+# For the sensor (live, demo): when tracefs or debugfs is not mounted yet and the
+# container may mount (only a privileged one can), mount them; BCC reads tracepoint
+# formats there. With capabilities only (docker-compose.yml, deploy/kubernetes/) the
+# host's /sys/kernel/tracing is mounted in instead, and these mounts fail quietly:
+# the sensor's cgroup programs need neither.
 set -e
 if [ "$1" = "live" ] || [ "$1" = "demo" ]; then
     [ -d /sys/kernel/debug ] && ! mountpoint -q /sys/kernel/debug 2>/dev/null \
