@@ -7,7 +7,8 @@
  * ones). Why: decoding is the largest share of replay time in pure Python.
  *
  * Safety: every read is bounds-checked against the message length; name
- * decompression follows at most MAX_HOPS pointers and stops at 255 bytes.
+ * decompression follows at most MAX_HOPS pointers and stops at 255 bytes on
+ * the wire (labels, their length bytes and the root).
  * Names are escaped as dig does (\DDD, "\."), so no raw control byte leaves.
  */
 #define PY_SSIZE_T_CLEAN
@@ -17,6 +18,7 @@
 #include <string.h>
 
 #define MAX_HOPS 64
+#define MAX_NAME 255 /* bytes of a name on the wire, with the root byte (RFC 1035 2.3.4) */
 #define NAME_MAX_TEXT (255 * 4 + 8)
 
 static PyObject *DnsEvent, *Question, *Answer, *Edns, *DnsParseError;
@@ -87,7 +89,7 @@ static int read_name(const unsigned char *b, Py_ssize_t n, Py_ssize_t off, char 
         off++;
         if (off + (Py_ssize_t)ln > n) return E_TRUNC_NAME;
         total += ln + 1;
-        if (total > 255) return E_TOO_LONG;
+        if (total >= MAX_NAME) return E_TOO_LONG; /* with the root byte, over 255 */
         if (labels++) out[o++] = '.';
         for (unsigned i = 0; i < ln; i++) {
             unsigned char c = b[off + i];

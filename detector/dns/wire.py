@@ -4,7 +4,10 @@ Why not dnslib on the hot path: dnslib builds a full object graph per message
 (about 40 µs); replay needs ~10 µs per packet all in. This decoder reads the
 header, the questions and the answer section, skims authority, and reads EDNS
 from the additional section. It is strict about what would be unsafe (pointer
-loops, names over 255 bytes, reading past the end) and lenient about the rest.
+loops, names over 255 bytes on the wire, reading past the end) and lenient
+about the rest. Nothing is cached across messages: a name decodes from its own
+message's bytes only (a name cache keyed by a prefix of the bytes let one
+packet's compression pointer change how a later packet decoded).
 
 Errors in the header or question raise :class:`DnsParseError`; an error later
 in the message keeps what was decoded and records ``event.malformed = kind``,
@@ -38,7 +41,7 @@ _SAFE = bytes(
 )
 
 MAX_HOPS = 64  # compression pointers followed for one name
-_NAMES: dict[bytes, str] = {}  # wire form of an uncompressed name -> presentation form
+MAX_NAME = 255  # bytes of a name on the wire, labels, length bytes and the root (RFC 1035 2.3.4)
 
 
 class DnsParseError(ValueError):
@@ -66,6 +69,12 @@ _SAFE_SET = frozenset(_SAFE)
 
 def read_name(buf: bytes, off: int) -> tuple[str, int]:
     """Decode the name at ``off``; return (name, offset after the name in place)."""
+    name, end, _ = read_name_hops(buf, off)
+    return name, end
+
+
+def read_name_hops(buf: bytes, off: int) -> tuple[str, int, int]:
+    """As read_name, and the compression pointers followed."""
     labels: list[str] = []
     end = -1  # where parsing continues after the name (set at first pointer)
     hops = 0
@@ -99,14 +108,14 @@ def read_name(buf: bytes, off: int) -> tuple[str, int]:
         if len(lab) < ln:
             raise DnsParseError("truncated_name")
         total += ln + 1
-        if total > 255:
+        if total >= MAX_NAME:  # with the root byte, over 255
             raise DnsParseError("name_too_long")
         if lab.translate(None, _SAFE):
             labels.append(_escape(lab))
         else:
             labels.append(lab.decode("ascii"))
         off += ln
-    return (".".join(labels) if labels else "."), (end if end >= 0 else off)
+    return (".".join(labels) if labels else "."), (end if end >= 0 else off), hops
 
 
 def skip_name(buf: bytes, off: int) -> int:
@@ -212,27 +221,17 @@ def decode(
     mid, flags, qd, an, ns, ar = _HDR.unpack_from(buf, 0)
     off = 12
     questions: list[Question] = []
-    local: dict[int, str] = {}  # names decoded in this message, by offset (pointer targets)
+    # names decoded in this message, by offset (pointer targets), with the pointers
+    # their decoding followed: a pointer to one costs those hops too, as in C
+    local: dict[int, tuple[str, int]] = {}
     ev = DnsEvent(ts=ts, transport=transport, ip_version=ip_version, src_ip=src_ip, src_port=src_port,
                   dst_ip=dst_ip, dst_port=dst_port, id=mid, flags=flags, rcode=flags & 0xF,
                   questions=questions, answers=[], ancount=an, nscount=ns, arcount=ar, size=n)
     try:
         for _ in range(qd):
-            # Fast path: an uncompressed name seen before decodes from the cache.
-            z = buf.find(b"\0", off)
-            raw = buf[off:z + 1] if z > 0 else b""
-            name = _NAMES.get(raw)
-            if name is not None:
-                local[off] = name
-                off = z + 1
-            else:
-                start = off
-                name, off = read_name(buf, off)
-                local[start] = name
-                if off == z + 1:  # no pointer inside: safe to cache by its bytes
-                    if len(_NAMES) > 65_536:
-                        _NAMES.clear()
-                    _NAMES[raw] = name
+            start = off
+            name, off, hops = read_name_hops(buf, off)
+            local[start] = (name, hops)
             if off + 4 > n:
                 raise DnsParseError("truncated_question")
             qt, qc = _QT.unpack_from(buf, off)
@@ -250,10 +249,11 @@ def decode(
         for i in range(an):
             c = buf[off]
             if c >= 0xC0:  # the usual case: a pointer to the question name
-                name = local.get(((c & 0x3F) << 8) | buf[off + 1])
-                if name is None:
+                known = local.get(((c & 0x3F) << 8) | buf[off + 1])
+                if known is None or known[1] >= MAX_HOPS:
                     name, off = read_name(buf, off)
                 else:
+                    name = known[0]
                     off += 2
             else:
                 name, off = read_name(buf, off)
