@@ -291,3 +291,49 @@ def test_reader_gives_back_the_pages_it_has_read(tmp_path):
     assert sum(1 for _ in r) == n
     assert r._released >= 2 * RELEASE_BYTES
     r.close()
+
+
+def test_partly_decodable_messages_keep_their_question_with_the_reason(tmp_path):
+    """An IP total length beyond the captured bytes (a snap length cut inside the
+    answers), over IPv4, IPv6 and TCP, and a record cut short after a valid
+    question: the question is kept, ``malformed`` says why, tshark shows the same
+    names, and the C and Python decoders agree."""
+    import struct
+    from dataclasses import astuple
+
+    from detector.capture.pcapwrite import (ETH4, ETH6, dns_response, ip4, ip6, tcp, udp)
+    from detector.dns import wire
+
+    answers = [(1, bytes([192, 0, 2, i])) for i in range(1, 9)]
+    full = dns_response(7, "cut.example.com", answers=answers)
+    cut = len(full) - 20  # inside the 7th answer
+    v4 = ETH4 + ip4("10.0.0.53", "10.0.0.2", 17, udp(53, 5000, full))
+    v6 = ETH6 + ip6("fd00::53", "fd00::2", 17, udp(53, 5001, full))
+    framed = struct.pack("!H", len(full)) + full
+    t4 = ETH4 + ip4("10.0.0.53", "10.0.0.2", 6, tcp(53, 5002, 100, 1, 0x18, framed))
+    short = bytearray(dns_response(8, "short.example.com", answers=[(16, b"\x05hello")]))
+    short[-8:-6] = struct.pack("!H", 200)  # the TXT record claims 200 bytes, 6 are there
+    whole = ETH4 + ip4("10.0.0.53", "10.0.0.2", 17, udp(53, 5003, bytes(short)))
+    path = tmp_path / "partial.pcap"
+    write_pcap(path, 1, [(1.0, v4[:len(v4) - 20]), (1.1, v6[:len(v6) - 20]),
+                         (1.2, t4[:len(t4) - 20]), (1.3, whole)])
+    evs, dec, _ = decode_file(path)
+    got = [(e.transport, e.qname, e.malformed, len(e.answers)) for e in evs]
+    assert got == [("udp", "cut.example.com", "truncated_record", 6),
+                   ("udp", "cut.example.com", "truncated_record", 6),
+                   ("tcp", "cut.example.com", "truncated_record", 6),
+                   ("udp", "short.example.com", "truncated_record", 0)]
+    assert dec.stats["ip_bad_length"] == 3
+    import subprocess
+    # tshark without TCP reassembly (with it, it waits for the bytes the capture
+    # cut and shows nothing for the TCP message): the same names, 6 answers each
+    ts = subprocess.run(["tshark", "-o", "tcp.desegment_tcp_streams:FALSE", "-r", str(path),
+                         "-T", "fields", "-e", "dns.qry.name", "-e", "dns.a"],
+                        capture_output=True, text=True, check=True).stdout.splitlines()
+    ts = [line.split("\t") for line in ts]
+    assert [n for n, _ in ts] == [e.qname for e in evs]
+    assert [len(a.split(",")) if a else 0 for _, a in ts] == [len(e.answers) for e in evs]
+    assert dec.stats["tcp_cut_messages"] == 1
+    for payload in (full[:cut], bytes(short)):
+        assert astuple(wire.py_decode(payload, 1.0, "udp", 4, "a", 1, "b", 2)) == \
+            astuple(wire.decode(payload, 1.0, "udp", 4, "a", 1, "b", 2))

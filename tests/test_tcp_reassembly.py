@@ -262,3 +262,25 @@ def test_blind_rst_or_syn_does_not_reset_a_live_stream(tmp_path, flags):
     # in ESTABLISHED answers with a challenge ACK (RFC 5961 4.2) and ignores
     assert tshark(path) == (got if flags == 0x04 else got[:1])
     assert dec.stats["tcp_rst_ignored" if flags == 0x04 else "tcp_syn_ignored"] == 1
+
+
+def test_a_segment_cut_by_the_snap_length_gives_its_message_and_the_stream_goes_on(tmp_path):
+    """The capture kept only the first bytes of a segment (IP total length beyond
+    the captured bytes): the message they start is decoded as far as it goes
+    (question kept, malformed set), the rest of it in the next segment is
+    skipped, and the message after it decodes."""
+    from detector.capture.pcapwrite import dns_response
+    a = dns_response(1, "cut.example.com", answers=[(1, bytes([192, 0, 2, i])) for i in range(10)])
+    a = struct.pack("!H", len(a)) + a
+    b = framed(2, "next.example.com")
+    first, second = a[:120], a[120:]
+    frames = handshake() + [seg(1001, first)[:-40], seg(1001 + len(first), second + b)]
+    path = tmp_path / "snap.pcap"
+    write(path, frames)
+    dec = PacketDecoder()
+    evs = []
+    for ts, lt, fr in PcapReader(str(path)):
+        evs += dec.frame(ts, lt, fr)
+    assert [(e.qname, e.malformed) for e in evs] == [("cut.example.com", "truncated_record"),
+                                                     ("next.example.com", "")]
+    assert dec.stats["tcp_cut_messages"] == 1 and dec.stats["tcp_gaps"] == 0

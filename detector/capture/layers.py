@@ -257,8 +257,11 @@ class PacketDecoder:
             ihl = (d[off] & 0x0F) * 4
             total = (d[off + 2] << 8) | d[off + 3]
             end = off + total
+            cut = 0  # bytes of this packet the capture did not keep (snap length)
             if total < ihl or end > len(d):
                 self.stats["ip_bad_length"] += 1
+                if total >= ihl:
+                    cut = end - len(d)
                 end = len(d)
             frag = (d[off + 6] << 8) | d[off + 7]
             proto = d[off + 9]
@@ -273,7 +276,7 @@ class PacketDecoder:
                 self.stats["ip_reassembled"] += 1
                 self._l4(ts, 4, proto, src, dst, whole, 0, len(whole), out, depth)
                 return
-            self._l4(ts, 4, proto, src, dst, d, off + ihl, end, out, depth)
+            self._l4(ts, 4, proto, src, dst, d, off + ihl, end, out, depth, cut)
         elif ver == 6:
             plen = (d[off + 4] << 8) | d[off + 5]
             nh = d[off + 6]
@@ -281,9 +284,11 @@ class PacketDecoder:
             dst = _ntop(_AF6, d[off + 24:off + 40])
             p = off + 40
             end = p + plen
+            cut = 0
             if end > len(d) or plen == 0:
                 if plen:
                     self.stats["ip_bad_length"] += 1
+                    cut = end - len(d)
                 end = len(d)
             for _ in range(8):
                 if nh in (0, 43, 60):  # hop-by-hop, routing, destination options
@@ -304,13 +309,13 @@ class PacketDecoder:
                     return
                 else:
                     break
-            self._l4(ts, 6, nh, src, dst, d, p, end, out, depth)
+            self._l4(ts, 6, nh, src, dst, d, p, end, out, depth, cut)
         else:
             self.stats["not_ip"] += 1
 
     # --- transport -----------------------------------------------------------------
     def _l4(self, ts: float, ipv: int, proto: int, src: str, dst: str, d: bytes, off: int,
-            end: int, out: list, depth: int) -> None:
+            end: int, out: list, depth: int, cut: int = 0) -> None:
         if proto == 17:
             sport = (d[off] << 8) | d[off + 1]
             dport = (d[off + 2] << 8) | d[off + 3]
@@ -334,7 +339,7 @@ class PacketDecoder:
                 if flags & 0x10 and tcp:  # what the other side's receiver has: holes to give up
                     for m in tcp.ack((dst, dport, src, sport, ipv), ack, ts):
                         self._dns(ts, "tcp", ipv, dst, dport, src, sport, m, out)
-                msgs = tcp.segment((src, sport, dst, dport, ipv), seq, flags, payload, ts)
+                msgs = tcp.segment((src, sport, dst, dport, ipv), seq, flags, payload, ts, cut)
                 for m in msgs:
                     self._dns(ts, "tcp", ipv, src, sport, dst, dport, m, out)
             elif flags & 0x12 == 0x02 and dport in self.conn_ports and self.on_conn is not None:

@@ -86,7 +86,7 @@ def plausible_prefix(buf: bytes | bytearray, i: int) -> bool:
 class _Stream:
     __slots__ = ("nxt", "buf", "ooo", "keys", "ooo_bytes", "synced", "scan", "last_ts",
                  "stall_ts", "acks_seen", "acked", "ack_ts", "anchored", "dead", "fin", "held",
-                 "last_data")
+                 "last_data", "skip")
 
     def __init__(self, nxt: int, synced: bool, ts: float) -> None:
         self.nxt = nxt  # next expected byte, unwrapped (grows past 2**32)
@@ -106,6 +106,7 @@ class _Stream:
         self.fin = -1  # unwrapped seq of a FIN seen ahead, or -1
         self.held = 0  # bytes counted in the reassembler's held_bytes
         self.last_data = ts  # last segment with payload
+        self.skip = 0  # bytes to drop before the next message (after a cut message)
 
     def unwrap(self, seq: int) -> int:
         d = (seq - self.nxt) & _M32
@@ -153,8 +154,13 @@ class TcpDnsReassembler:
 
     # --- entry points ---------------------------------------------------------------
     def segment(self, key: Hashable, seq: int, flags: int, payload: bytes,
-                ts: float = 0.0) -> list[bytes]:
-        """Feed one segment of one direction; return the DNS messages it completes."""
+                ts: float = 0.0, cut: int = 0) -> list[bytes]:
+        """Feed one segment of one direction; return the DNS messages it completes.
+
+        ``cut``: bytes of the segment's payload the capture did not keep (a snap
+        length shorter than the packet): the message they fall in is returned with
+        what is there (the decoder marks it malformed), and the stream goes on after
+        them."""
         st = self.streams.get(key)
         if st is None:
             st = self.fresh.get(key)
@@ -200,9 +206,9 @@ class TcpDnsReassembler:
             st.last_data = ts
             if st.ooo:
                 self._if_due(st, ts, out)
-            self._add(key, st, st.unwrap(seq), payload, out)
+            self._add(key, st, st.unwrap(seq), payload, out, cut)
         if flags & FIN and not st.dead:
-            end = st.unwrap(seq) + len(payload)
+            end = st.unwrap(seq) + len(payload) + cut
             if st.nxt <= end < st.nxt + WINDOW:
                 st.fin = end
         if st.fin >= 0 and st.nxt >= st.fin and not st.ooo:
@@ -327,7 +333,8 @@ class TcpDnsReassembler:
                 victim.ooo_bytes = 0
             victim.synced = False
 
-    def _add(self, key: Hashable, st: _Stream, a: int, payload: bytes, out: list[bytes]) -> None:
+    def _add(self, key: Hashable, st: _Stream, a: int, payload: bytes, out: list[bytes],
+             cut: int = 0) -> None:
         end = a + len(payload)
         if end <= st.nxt:
             self.retransmitted += 1
@@ -354,9 +361,30 @@ class TcpDnsReassembler:
         st.buf += payload
         st.nxt = end
         st.stall_ts = st.last_ts
+        if cut > 0 and not st.ooo:
+            self._extract(key, st, out)
+            self._cut(st, cut, out)
+            return
         if st.ooo:
             self._drain(st)
         self._extract(key, st, out)
+
+    def _cut(self, st: _Stream, cut: int, out: list[bytes]) -> None:
+        """The capture kept the segment's first bytes only: give the message they
+        end in as it is, and go on after the missing bytes."""
+        self.stats["tcp_cut_messages"] += 1
+        buf = st.buf
+        st.nxt += cut
+        if st.synced and len(buf) >= 14:
+            ln = (buf[0] << 8) | buf[1]
+            out.append(bytes(buf[2:]))
+            rest = ln + 2 - len(buf)  # bytes of this message after what we have
+            buf.clear()
+            if cut <= rest:
+                st.skip = rest - cut  # the message goes on in the next segment: skip it
+                return
+        buf.clear()
+        st.synced, st.scan, st.skip = False, 0, 0
 
     def _hold(self, st: _Stream, a: int, payload: bytes) -> None:
         """Queue an out-of-order segment as tcp_data_queue_ofo does."""
@@ -426,6 +454,12 @@ class TcpDnsReassembler:
 
     def _extract(self, key: Hashable | None, st: _Stream, out: list[bytes]) -> None:
         buf = st.buf
+        if st.skip:  # the tail of a message the capture cut
+            k = min(st.skip, len(buf))
+            del buf[:k]
+            st.skip -= k
+            if st.skip:
+                return
         if not st.synced:
             # Find where a length-prefixed message starts; bytes before it belong
             # to a message whose start we never saw. Each byte is scanned once.
