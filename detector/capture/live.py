@@ -255,7 +255,7 @@ class LiveCapture:
     def __init__(self, ports: frozenset[int] | set[int] = frozenset({53}),
                  conn_ports: tuple[int, ...] = CONN_PORTS,
                  on_overload: Callable[[Finding], None] | None = None,
-                 drop_privileges: bool = True) -> None:
+                 drop_privileges: bool = False) -> None:
         check_requirements()
         from bcc import BPF, BPFAttachType
 
@@ -313,7 +313,8 @@ class LiveCapture:
             raise DetectorError(f"attaching to the cgroup v2 root failed: {_one_line(e)}",
                                 errors.BPF_REJECTED,
                                 "is another tool holding an exclusive cgroup attachment?") from None
-        # attached: from here on only what the running sensor needs (capture/privileges.py)
+        # attached: from here on only what the running sensor needs (capture/privileges.py);
+        # the sensor asks for it (LiveSource), a library caller may not want its process changed
         self.privileges: dict | None = None
         if drop_privileges:
             from detector.capture.privileges import PrivilegeError, drop_after_load

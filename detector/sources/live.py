@@ -19,10 +19,13 @@ class LiveSource(Source):
     name = "live"
     unit = "messages"
 
-    def __init__(self, ports: frozenset[int], interval: float = POLL_INTERVAL) -> None:
+    def __init__(self, ports: frozenset[int], interval: float = POLL_INTERVAL, *,
+                 drop_privileges: bool = True) -> None:
+        """Loads and attaches the programs, then (``drop_privileges``) keeps only what
+        the running sensor needs: see detector/capture/privileges.py."""
         from detector.capture.live import LiveCapture
 
-        self.cap = LiveCapture(ports=ports)
+        self.cap = LiveCapture(ports=ports, drop_privileges=drop_privileges)
         self.interval = interval
         self._closed = False
 
