@@ -5,6 +5,7 @@ the reassembler's counters and the bytes it holds, never on timing."""
 
 from __future__ import annotations
 
+import json
 import random
 import struct
 import subprocess
@@ -12,6 +13,7 @@ from collections import Counter
 
 import pytest
 
+from conftest import run_detector
 from detector.capture.layers import PacketDecoder
 from detector.capture.pcap import PcapReader
 from detector.capture.pcapwrite import ETH4, dns_query, ip4, tcp, write_pcap
@@ -87,6 +89,12 @@ def test_out_of_window_junk_before_a_tunnel_hides_nothing(tmp_path):
     assert dec.stats["tcp_gaps"] == 0 and dec.tcp.held_bytes == 0
     assert tshark(path) == names  # out-of-order reassembly on: the junk is never filled in
     assert tshark(path, ooo=False) == []  # in order only, tshark is blinded as we were
+    # the replay summary lists the dropped segments among its skips
+    summary = path.with_suffix(".json")
+    res = run_detector("replay", "pcap", "-q", "--no-stdout", "--summary-json", str(summary), str(path))
+    assert res.returncode == 0, res.stderr
+    s = json.loads(summary.read_text())
+    assert s["dns_messages"] == 300 and s["errors"]["tcp_out_of_window"] == 65
 
 
 def test_segment_b_before_a_gives_both_once(tmp_path):
@@ -261,7 +269,8 @@ def test_blind_rst_or_syn_does_not_reset_a_live_stream(tmp_path, flags):
     # tshark agrees for the RST; a SYN it takes for a new connection, which Linux
     # in ESTABLISHED answers with a challenge ACK (RFC 5961 4.2) and ignores
     assert tshark(path) == (got if flags == 0x04 else got[:1])
-    assert dec.stats["tcp_rst_ignored" if flags == 0x04 else "tcp_syn_ignored"] == 1
+    assert (dec.tcp.rst_ignored, dec.tcp.syn_ignored) == ((1, 0) if flags == 0x04 else (0, 1))
+    assert not any(k.startswith("tcp_") for k in dec.stats)  # nothing lost
 
 
 def test_a_segment_cut_by_the_snap_length_gives_its_message_and_the_stream_goes_on(tmp_path):
@@ -283,4 +292,4 @@ def test_a_segment_cut_by_the_snap_length_gives_its_message_and_the_stream_goes_
         evs += dec.frame(ts, lt, fr)
     assert [(e.qname, e.malformed) for e in evs] == [("cut.example.com", "truncated_record"),
                                                      ("next.example.com", "")]
-    assert dec.stats["tcp_cut_messages"] == 1 and dec.stats["tcp_gaps"] == 0
+    assert dec.tcp.cut_messages == 1 and dec.stats["tcp_gaps"] == 0

@@ -38,9 +38,12 @@ connection is its own stream. The policy follows Linux (net/ipv4/tcp_input.c):
   stream's in-order buffer never holds more.
 * **SYN and RST.** A SYN starts a stream at its sequence number + 1, unless
   the 4-tuple carried data in the last :data:`SYN_GUARD` seconds (a spoofed SYN
-  would otherwise re-anchor a live stream; ``tcp_syn_ignored``). A RST closes a
-  stream only at exactly ``rcv_nxt`` (RFC 5961), a FIN once the data before it
-  is in.
+  would otherwise re-anchor a live stream; counted in ``syn_ignored``). A RST
+  closes a stream only at exactly ``rcv_nxt`` (RFC 5961; ``rst_ignored``), a FIN
+  once the data before it is in.
+* **Snap length.** A segment the capture cut (``cut`` bytes missing at its end)
+  gives the message it ends in as far as it goes; the decoder marks it
+  malformed, and the stream goes on after the missing bytes (``cut_messages``).
 * **Junk costs little.** A stream joined mid-stream is scanned once, in the
   bytes not yet scanned, for a plausible message start; after
   :data:`RESYNC_LIMIT` bytes without one, or a length prefix under 12 (no DNS
@@ -48,9 +51,12 @@ connection is its own stream. The policy follows Linux (net/ipv4/tcp_input.c):
   (``tcp_streams_given_up``) and later segments cost a lookup
   (``tcp_junk_segments``).
 
-Counters named ``tcp_*`` mean data not decoded; they go to the ``stats``
-Counter given (the packet decoder's, so the replay summary and the metrics
-list them). :meth:`counters` gives every counter, bookkeeping included.
+Counters in ``stats`` (``tcp_*``) mean data not decoded; they go to the
+``stats`` Counter given (the packet decoder's, so the replay summary and the
+metrics list them). The attributes ``retransmitted``, ``overlaps``,
+``resyncs``, ``expired``, ``syn_ignored``, ``rst_ignored`` and ``cut_messages``
+are bookkeeping; :meth:`counters` gives all of them, and the streams and bytes
+held now.
 """
 
 from __future__ import annotations
@@ -131,6 +137,9 @@ class TcpDnsReassembler:
         self.overlaps = 0  # segments partly before rcv_nxt or held: the known bytes dropped
         self.resyncs = 0  # message starts found after bytes of a cut message
         self.expired = 0  # streams forgotten after IDLE_TIMEOUT
+        self.syn_ignored = 0  # SYNs on a stream that carried data recently (RFC 5961)
+        self.rst_ignored = 0  # RSTs not at rcv_nxt (RFC 5961)
+        self.cut_messages = 0  # messages given short: the capture cut their segment
 
     # --- counters -------------------------------------------------------------------
     @property
@@ -146,6 +155,8 @@ class TcpDnsReassembler:
         d = {k: v for k, v in self.stats.items() if k.startswith("tcp_")}
         d.update(tcp_retransmitted=self.retransmitted, tcp_overlaps=self.overlaps,
                  tcp_resyncs=self.resyncs, tcp_streams_expired=self.expired,
+                 tcp_syn_ignored=self.syn_ignored, tcp_rst_ignored=self.rst_ignored,
+                 tcp_cut_messages=self.cut_messages,
                  tcp_streams=len(self.fresh) + len(self.streams), tcp_held_bytes=self.held_bytes)
         return d
 
@@ -178,7 +189,7 @@ class TcpDnsReassembler:
                 for s, p in early:  # data seen before its SYN (capture order): re-read
                     self._add(key, st, st.unwrap(s), p, out)
             elif st.unwrap((seq + 1) & _M32) != st.nxt or payload:
-                self.stats["tcp_syn_ignored"] += 1
+                self.syn_ignored += 1
                 return []
             if not payload:
                 self._account(key, st)
@@ -196,7 +207,7 @@ class TcpDnsReassembler:
             if st.unwrap(seq) == st.nxt:
                 self._drop(key)
             else:
-                self.stats["tcp_rst_ignored"] += 1
+                self.rst_ignored += 1
             return []
         if st.dead:
             if payload:
@@ -372,7 +383,7 @@ class TcpDnsReassembler:
     def _cut(self, st: _Stream, cut: int, out: list[bytes]) -> None:
         """The capture kept the segment's first bytes only: give the message they
         end in as it is, and go on after the missing bytes."""
-        self.stats["tcp_cut_messages"] += 1
+        self.cut_messages += 1
         buf = st.buf
         st.nxt += cut
         if st.synced and len(buf) >= 14:
