@@ -54,12 +54,17 @@ fi
 # --- 2. build --------------------------------------------------------------------
 say "building $IMAGE from $BASE_IMAGE"
 buildah images -q "$BASE_IMAGE" >/dev/null 2>&1 || die "no base image $BASE_IMAGE (run docker/base-image.sh)"
+old=$(buildah images -q --no-trunc "$IMAGE" 2>/dev/null | head -n1 || true)
 buildah bud --isolation chroot --layers --pull=never \
     --build-arg "BASE=$BASE_IMAGE" \
     --ignorefile docker/Dockerfile.dockerignore -f docker/Dockerfile \
     -t "$IMAGE" . > build/image/bud.log 2>&1 \
     || { tail -n 30 build/image/bud.log >&2; die "buildah bud failed (whole log: build/image/bud.log)"; }
 built=$(date +%s)
+new=$(buildah images -q --no-trunc "$IMAGE" | head -n1)
+if [ -n "$old" ] && [ "$old" != "$new" ]; then
+    buildah rmi "$old" >/dev/null 2>&1 || true  # the image this build replaced (its layers are not the cache)
+fi
 
 # --- 3. smoke test ---------------------------------------------------------------
 say "smoke test inside $IMAGE"
