@@ -1,7 +1,10 @@
 """Static validation of docker-compose.yml and docker/Dockerfile (no Docker engine
 runs here): the compose-spec JSON schema (docker/compose_spec.json, from Debian's
 docker-compose 1.29.2, Apache-2.0), the topology the docs promise, a consistent
-KRaft configuration, and every detector `command:` accepted by the real CLI parser.
+KRaft configuration, every detector `command:` accepted by the real CLI parser,
+least privilege (the sensor's capabilities, each with its reason; everything else
+unprivileged), the siem volume made writable for apache/kafka's user, healthchecks
+(ours run for real against the metrics server) and pinned images.
 `docker compose config` / `docker-compose config` also run when installed."""
 
 from __future__ import annotations
