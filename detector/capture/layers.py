@@ -3,9 +3,12 @@ UDP and TCP, and the common encapsulations (802.1Q/QinQ, GRE, ERSPAN, VXLAN,
 Geneve, Teredo, IP-in-IP).
 
 :class:`PacketDecoder` keeps the state that spans packets (IP fragments, TCP
-streams) and the counters the replay summary prints. Nothing here raises on
-bad input: a packet that cannot be decoded is counted under a reason and
-skipped.
+streams) and the counters the replay summary prints (``stats``; the TCP
+reassembler adds its ``tcp_*`` losses there, see detector.capture.tcpstream for
+its policy). Nothing here raises on bad input: a packet that cannot be decoded
+is counted under a reason and skipped. A packet whose IP length claims more
+than the capture kept is decoded as far as it goes (``ip_bad_length``): the
+DNS message keeps its question, with ``malformed`` saying what was cut.
 """
 
 from __future__ import annotations
@@ -220,7 +223,8 @@ class PacketDecoder:
             self.stats["not_ip"] += 1
 
     def flush(self) -> list[DnsEvent]:
-        """End of input: emit DNS messages held behind TCP holes."""
+        """End of input: emit DNS messages held behind TCP holes (in a stream whose
+        ACKs are seen, only up to what its receiver acknowledged)."""
         out: list[DnsEvent] = []
         self._tcp_out(self.tcp.flush_gaps(), out)
         return out
