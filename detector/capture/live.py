@@ -328,6 +328,7 @@ class LiveCapture:
         self.on_overload = on_overload
         self.proc = ProcCache(ttl=PROC_TTL)
         self.tcp = TcpDnsReassembler()
+        self._tcp_next = 0.0  # when to expire TCP holes and idle streams next
         self.queue: deque[tuple[bytes, list[int]]] = deque()
         self._drained = 0  # records copied out of the ring (drain thread)
         self._parsed = 0  # records parsed or dropped (poll's thread)
@@ -397,6 +398,7 @@ class LiveCapture:
         st["shed_level"] = self._shed_level
         st["ring_records"] = c[C_SENT]
         st["backlog"] = self._drained - self._parsed
+        st.update(self.tcp.counters())  # reassembly: gaps, out-of-window, evictions, held bytes
         return c
 
     # --- reading ----------------------------------------------------------------
@@ -475,6 +477,14 @@ class LiveCapture:
             n += len(offs)
             self._parsed += len(offs)
         now = time.monotonic()
+        if now >= self._tcp_next:  # holes on quiet streams given up, idle streams forgotten
+            self._tcp_next = now + 1.0
+            for key, ts, m in self.tcp.expire(time.time()):
+                src, sport, dst, dport, fam = key
+                ev = self._message(ts, "tcp", fam, src, sport, dst, dport, m, None, 0,
+                                   ("tcp", src, sport, dst, dport, m))
+                if ev is not None:
+                    out.append(ev)
         if now - self._pinfo_t > PROC_TTL:
             self._pinfo_t = now
             self._pinfo.clear()
@@ -537,7 +547,9 @@ class LiveCapture:
             data = rec + HDR_SIZE
             if proto != 17:
                 payload = chunk[data:data + caplen]
-                for m in self.tcp.segment((src, sport, dst, dport, fam), seq, tflags, payload, ts):
+                # a copy cut short (caplen < ln) gives its message as far as it goes
+                for m in self.tcp.segment((src, sport, dst, dport, fam), seq, tflags, payload, ts,
+                                          ln - caplen if ln > caplen else 0):
                     ev = self._message(ts, "tcp", fam, src, sport, dst, dport, m, proc, direction,
                                        ("tcp", src, sport, dst, dport, m))
                     if ev is not None:

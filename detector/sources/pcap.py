@@ -150,8 +150,6 @@ class PcapSource(Source):
         """Skips and parse errors by kind (for the summary)."""
         skipped = {k: v for k, v in self.dec.stats.items() if k not in _NOT_ERRORS}
         skipped.update((k, v) for k, v in self.reader_skips.items() if v)
-        if self.dec.tcp.gaps:
-            skipped["tcp_gaps"] = self.dec.tcp.gaps
         return skipped
 
     def stats(self) -> dict[str, int]:
