@@ -128,3 +128,23 @@ def test_transaction_model_and_processes(data):
             assert (att["sub_technique"]["uid"], att["sub_technique"]["name"]) == ("T1071.004", "DNS")
     print("\nOCSF models and processes:", t.line("ocsf models"))
     assert not t.failures, "\n".join(sorted(set(t.failures))[:40])
+
+
+def test_top_counts_ocsf_alerts_as_it_counts_ecs_ones(tmp_path):
+    """`detector top` reads dns-alerts in whichever format the detectors write."""
+    import json
+
+    from detector.commands.top import Top
+    from detector.paths import bundled
+    from tests.conftest import run_detector
+
+    seen = {}
+    for fmt in ("ecs", "ocsf"):
+        out = tmp_path / f"{fmt}.jsonl"
+        r = run_detector("replay", "pcap", str(bundled("demo.pcap")), "-q", "--format", fmt, "-o", str(out))
+        assert r.returncode == 0, r.stderr
+        t = Top(5)
+        for line in out.read_text().splitlines():
+            t.alert(json.loads(line))
+        seen[fmt] = (t.alerts, dict(t.rules), t.entities.most_common(3), t.duplicates)
+    assert seen["ocsf"] == seen["ecs"] and seen["ecs"][0] >= 5

@@ -76,14 +76,17 @@ class Top:
         if not isinstance(doc, dict):
             self.skipped += 1
             return
-        dd = doc.get("dns_detector") or {}
-        rule = (doc.get("rule") or {}).get("id") if isinstance(doc.get("rule"), dict) else doc.get("rule_id")
+        fi = doc.get("finding_info")
+        if isinstance(fi, dict):  # OCSF Detection Finding (2004): ours keep the rest in unmapped
+            dd = doc.get("unmapped") if isinstance(doc.get("unmapped"), dict) else {}
+            an = fi.get("analytic") if isinstance(fi.get("analytic"), dict) else {}
+            rule, aid = an.get("uid") or fi.get("title", "?"), fi.get("uid")
+        else:  # ECS, or flat JSON lines
+            dd = doc.get("dns_detector") if isinstance(doc.get("dns_detector"), dict) else {}
+            rule = (doc.get("rule") or {}).get("id") if isinstance(doc.get("rule"), dict) else doc.get("rule_id")
+            aid = (doc.get("event") or {}).get("id") if isinstance(doc.get("event"), dict) else doc.get("alert_id")
         entity = dd.get("entity", doc.get("entity"))
         domain = dd.get("domain", doc.get("domain"))
-        if rule is None and entity is None:
-            # OCSF or unknown shape: count what we can
-            rule = (doc.get("finding_info") or {}).get("title", "?")
-        aid = (doc.get("event") or {}).get("id") if isinstance(doc.get("event"), dict) else doc.get("alert_id")
         if aid:  # at-least-once delivery: the same alert may arrive twice, same id and
             # revision; a later revision of an alert counted already is no new alert
             if aid in self._ids:
