@@ -36,3 +36,18 @@ def run_detector(*args: str, input: str | None = None, timeout: float = 300,
 
 def json_lines(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+#: lines the run prints at its end (tests/test_fuzz.py: inputs tried per target)
+REPORT: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    import sys
+
+    # tests import this module as tests.conftest, pytest loads it as conftest: both lists
+    lines = [x for n in ("conftest", "tests.conftest") for x in getattr(sys.modules.get(n), "REPORT", [])]
+    if lines:
+        terminalreporter.section("figures")
+        for line in lines:
+            terminalreporter.write_line(line)

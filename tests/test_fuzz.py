@@ -18,6 +18,7 @@ import sys
 import pytest
 
 from detector.paths import REPO
+from tests.conftest import REPORT
 
 SECONDS = int(os.environ.get("DETECTOR_FUZZ_SECONDS", "12"))
 MAX_LEN = {"wire": 1024, "packets": 8192, "tcp": 8192, "pcap": 16384, "rules": 4096}
@@ -37,8 +38,8 @@ def test_fuzz_target_survives(target, tmp_path):
     log = r.stdout + r.stderr
     m = re.search(r"stat::number_of_executed_units:\s*(\d+)", log)
     runs = int(m.group(1)) if m else 0
-    sys.__stderr__.write(f"\nfuzz {target}: {runs:,} inputs in {SECONDS} s, "
-                         f"corpus {len(os.listdir(corpus)):,}, {'no crash' if r.returncode == 0 else 'CRASH'}\n")
+    REPORT.append(f"fuzz {target}: {runs:,} inputs in {SECONDS} s, corpus {len(os.listdir(corpus)):,}, "
+                  f"{'no crash' if r.returncode == 0 else 'CRASH'}")
     crashes = sorted(p.name for p in tmp_path.iterdir())
     assert r.returncode == 0, (f"{target}: {crashes}\n" + "\n".join(
         line for line in log.splitlines() if not line.startswith(("INFO:", "#")))[-4000:])
