@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,7 @@ MAX_FILE_BYTES = 16 * 1024 * 1024
 MAX_DEPTH = 64
 MAX_ALIASES = 1000
 MAX_VALUES = 1_000_000
+MAX_SECONDS = 10.0
 #: the YAML tags a rule file may use (plain data); anything else, such as
 #: ``!!python/object``, is refused rather than ignored
 SAFE_TAGS = {
@@ -183,13 +185,15 @@ def _yaml_error(path: str, e: yaml.YAMLError) -> RuleError:
 
 
 class _Budget:
-    """Values built so far (aliases expanded), against MAX_VALUES."""
+    """Values built so far (aliases expanded), against MAX_VALUES, and the time
+    spent, against MAX_SECONDS (checked every 4096 values)."""
 
-    __slots__ = ("left", "path")
+    __slots__ = ("left", "path", "deadline")
 
     def __init__(self, path: str) -> None:
         self.left = MAX_VALUES
         self.path = path
+        self.deadline = time.monotonic() + MAX_SECONDS
 
 
 def _construct(node: yaml.Node, budget: _Budget | None = None, _stack: tuple = ()) -> Any:
@@ -203,6 +207,8 @@ def _construct(node: yaml.Node, budget: _Budget | None = None, _stack: tuple = (
     budget.left -= 1
     if budget.left < 0:
         raise RuleError(path, line, f"more than {MAX_VALUES:,} values once aliases are expanded")
+    if not budget.left & 0xFFF and time.monotonic() > budget.deadline:
+        raise RuleError(path, line, f"took more than {MAX_SECONDS:.0f} s to read")
     if node.tag not in SAFE_TAGS:
         raise RuleError(path, line, f"YAML tag {node.tag} is not allowed in rule files (plain data only)")
     if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):

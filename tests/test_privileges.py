@@ -151,3 +151,24 @@ def test_a_user_with_the_three_capabilities_runs_live_capture(resolver):  # noqa
     assert p.returncode == 0, err
     evs = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
     assert any(e["qname"] == "nonroot.example.com" and e["process"]["pid"] == pid for e in evs), out[-2000:]
+
+
+def test_replay_score_and_rules_work_for_any_user(tmp_path):
+    """The installed command needs no privilege but for live capture."""
+    from detector.paths import bundled
+
+    os.chmod(tmp_path, 0o777)
+    nobody = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
+    env = {**os.environ, "HOME": str(tmp_path)}
+    runs = {
+        "replay": ([*DETECTOR, "replay", "pcap", str(bundled("demo.pcap")), "-q"], None),
+        "score": ([*DETECTOR, "score"], "bpujwsmplvftnqcx.ru\n"),
+        "rules": ([*DETECTOR, "rules", "check", str(REPO / "rules")], None),
+    }
+    for what, (cmd, stdin) in runs.items():
+        r = subprocess.run(nobody + cmd, input=stdin, capture_output=True, text=True, cwd=tmp_path, env=env,
+                           timeout=120)
+        assert r.returncode == 0, (what, r.stderr[-1500:])
+        assert "Traceback" not in r.stderr
+    assert '"dga_score"' in subprocess.run(nobody + runs["score"][0], input="wikipedia.org\n", capture_output=True,
+                                           text=True, cwd=tmp_path, env=env, timeout=120).stdout

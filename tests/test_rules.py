@@ -111,3 +111,11 @@ def test_a_capture_given_as_rules_is_named_for_what_it_is(tmp_path):
     f.write_bytes(b"\xd4\xc3\xb2\xa1" + bytes(40))
     r = run_detector("rules", "check", str(f))
     assert r.returncode == 4 and "not a rule file: byte 0 is not UTF-8 text" in r.stderr, r.stderr
+
+
+def test_two_rules_with_one_id_are_refused_naming_both_files(tmp_path):
+    (tmp_path / "a.yaml").write_text(GOOD)
+    (tmp_path / "b.yaml").write_text(GOOD.replace("title: DGA, tuned", "title: another"))
+    with pytest.raises(RuleError) as e:
+        load_rules([tmp_path])
+    assert str(e.value).startswith(f"{tmp_path / 'b.yaml'}:1: id: 'my-dga' is already used by {tmp_path / 'a.yaml'}")
