@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,6 +143,7 @@ MAX_DEPTH = 64
 MAX_ALIASES = 1000
 MAX_VALUES = 1_000_000
 MAX_SECONDS = 10.0
+MAX_DOMAIN_FILE_BYTES = 512 * 1024 * 1024
 #: the YAML tags a rule file may use (plain data); anything else, such as
 #: ``!!python/object``, is refused rather than ignored
 SAFE_TAGS = {
@@ -214,6 +216,8 @@ def _construct(node: yaml.Node, budget: _Budget | None = None, _stack: tuple = (
     if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
         if any(n is node for n in _stack):
             raise RuleError(path, line, "an anchor (&name) refers to itself")
+        if len(_stack) >= MAX_DEPTH:  # aliases of nested anchors nest further than the text shows
+            raise RuleError(path, line, f"nested more than {MAX_DEPTH} levels deep once aliases are expanded")
         stack = _stack + (node,)
         if isinstance(node, yaml.SequenceNode):
             return [_construct(v, budget, stack) for v in node.value]
@@ -227,6 +231,8 @@ def _construct(node: yaml.Node, budget: _Budget | None = None, _stack: tuple = (
         return _SCALARS.construct_object(node, deep=True)
     except (ValueError, TypeError, OverflowError, yaml.YAMLError) as e:
         raise RuleError(path, line, f"{node.value!r} is not a valid {node.tag.rsplit(':', 1)[-1]}: {e}") from None
+    finally:
+        _SCALARS.constructed_objects.clear()  # the loader would keep every node it built
 
 
 _SCALARS = yaml.SafeLoader("")
@@ -307,6 +313,12 @@ def _domain_file(path: str, line: int, name: str) -> list[str]:
     one per line, ``#`` comments: the fast way to allow a million names."""
     f = Path(name) if Path(name).is_absolute() else Path(path).parent / name
     try:
+        st = f.stat()
+        if not stat.S_ISREG(st.st_mode):  # /dev/zero, a FIFO: never ends
+            raise RuleError(path, line, f"domain_files: {f} is not a regular file")
+        if st.st_size > MAX_DOMAIN_FILE_BYTES:
+            raise RuleError(path, line, f"domain_files: {f} is {st.st_size:,} bytes, over "
+                                        f"{MAX_DOMAIN_FILE_BYTES // 2**20} MiB")
         with open(f, encoding="utf-8", errors="replace") as fh:
             out = []
             for ln in fh:

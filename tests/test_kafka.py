@@ -252,9 +252,12 @@ def test_a_path_that_is_not_utf8_is_published_and_spooled_not_fatal(work):
         (rec,) = [v for _, v, _ in read_topic(b.bootstrap, "dns-events")]
     assert events_from_record(rec)[0].process.exe == exe
     sp = Spool(work / "spool2", "dns-events")
-    sp.append("k", {"exe": exe})
+    for i in range(3):
+        sp.append(f"k{i}", {"exe": exe})
     sp.close()
-    assert list(sp) == [("k", {"exe": exe})]
+    assert list(sp) == [(f"k{i}", {"exe": exe}) for i in range(3)]
+    assert sp.drain(lambda recs: 1) == 1  # a partly acked segment is rewritten with the rest
+    assert list(sp) == [(f"k{i}", {"exe": exe}) for i in (1, 2)]
 
 
 # --- 3. broker killed mid-run: bounded, spooled, nothing missing -----------------

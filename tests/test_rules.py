@@ -70,6 +70,9 @@ LAUGHS = HEAD + "params:\n  a0: &a0 [x, x, x, x, x, x, x, x, x]\n" + "".join(
     (HEAD + "params: &p\n  domains: [a.com]\n  me: *p\n", 6, "refers to itself"),
     (HEAD + "params:\n  domains: [a.com]\n  n: !!int \"abc\"\n", 8, "'abc' is not a valid int"),
     (HEAD + "params:\n  domains: [a.com]\n  deep: " + "[" * 5000 + "]" * 5000 + "\n", 8, "nest"),
+    (HEAD + "params:\n  domains: [a.com]\n" + "".join(
+        f"  x{i}: &x{i} " + "[" * 50 + (f"*x{i - 1}" if i else "1") + "]" * 50 + "\n" for i in range(40)), 8,
+     "levels deep once aliases are expanded"),  # each anchor 50 deep, holding the one before
     (GOOD.replace("  min_distinct: 12", "  min_distinct: .nan"), 7, "must be a finite number, got nan"),
     (GOOD.replace("  window: 600", "  window: .inf"), 8, "must be a finite number, got inf"),
 ])
@@ -100,6 +103,10 @@ def test_a_huge_yaml_file_is_refused_and_a_domain_file_is_the_way(tmp_path, monk
     rs = load_rules([big])
     assert rs.allowlist.covers_domain("www.n399.example.net") and rs.allowlist.covers_domain("a.extra.org")
     assert not rs.allowlist.covers_domain("n400.example.net")
+    big.write_text("kind: allowlist\ndomain_files: [/dev/zero]\n")
+    with pytest.raises(RuleError) as e:
+        load_rules([big])
+    assert "is not a regular file" in str(e.value)
     big.write_text("kind: allowlist\ndomain_files: [missing.txt]\n")
     with pytest.raises(RuleError) as e:
         load_rules([big])

@@ -322,7 +322,7 @@ class LiveCapture:
             try:
                 self.privileges = drop_after_load()
             except (PrivilegeError, OSError) as e:
-                log.warning("live capture keeps its privileges: %s", e)
+                log.warning("live capture could not drop all its privileges: %s", e)
         self.mono_to_wall = time.time() - time.monotonic()
         self.host = socket.gethostname()
         self.on_overload = on_overload

@@ -13,7 +13,8 @@ then keeps only what the running sensor uses:
 Every other capability leaves the effective, permitted, inheritable, ambient
 and bounding sets; ``no_new_privs`` is set, so no exec can regain any; and a
 seccomp filter (all threads) refuses, with EPERM, system calls a DNS sensor
-never makes: exec, ptrace, mount and the new mount API, namespaces, modules,
+never makes: exec, ptrace, mount and the new mount API, namespaces (unshare,
+setns, and clone with a namespace flag), modules,
 kexec, reboot, keyrings, uid and capability changes, clock setting. A
 refused call is an error in the caller, not a kill, so a bug shows up as a
 clear failure instead of a dead sensor. The filter is for x86_64; on other
@@ -167,26 +168,58 @@ def no_new_privs() -> None:
     _check(_libc().prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
 
 
+#: clone() flags that make a new namespace (CLONE_NEWNS ... CLONE_NEWNET, CLONE_NEWCGROUP,
+#: CLONE_NEWTIME): refused, as unshare() is; clone3() says ENOSYS so libc falls back to clone()
+CLONE_NEW_FLAGS = 0x7E020080
+_SYS_CLONE, _SYS_CLONE3 = 56, 435
+ENOSYS = 38
+
+
 def seccomp_program(denied: dict[str, int] = DENIED_X86_64) -> bytes:
     """The classic-BPF seccomp filter: another architecture or an x32 call → EPERM;
-    a denied number → EPERM; the rest allowed. struct sock_filter is
-    ``u16 code, u8 jt, u8 jf, u32 k``."""
-    ld_w_abs, jeq_k, jge_k, ret_k = 0x20, 0x15, 0x35, 0x06
-    deny = SECCOMP_RET_ERRNO | EPERM
-    nrs = sorted(set(denied.values()))
-    n = len(nrs)
-    ins = [
+    clone() with a namespace flag → EPERM; clone3() → ENOSYS; a denied number →
+    EPERM; the rest allowed. struct sock_filter is ``u16 code, u8 jt, u8 jf, u32 k``;
+    jumps are written to labels and resolved here (offsets count from the next
+    instruction)."""
+    ld_w_abs, jeq_k, jge_k, jset_k, ret_k = 0x20, 0x15, 0x35, 0x45, 0x06
+    deny, nosys = SECCOMP_RET_ERRNO | EPERM, SECCOMP_RET_ERRNO | ENOSYS
+    prog: list[tuple] = [  # (code, jt label or 0, jf label or 0, k); a str is a label here
         (ld_w_abs, 0, 0, 4),  # seccomp_data.arch
-        (jeq_k, 1, 0, AUDIT_ARCH_X86_64),
-        (ret_k, 0, 0, deny),
+        (jeq_k, "nr", "deny", AUDIT_ARCH_X86_64),
+        "nr",
         (ld_w_abs, 0, 0, 0),  # seccomp_data.nr
-        (jge_k, n + 1, 0, 0x40000000),  # x32 ABI numbers: to the deny at the end
+        (jge_k, "deny", 0, 0x40000000),  # x32 ABI numbers
+        (jeq_k, "clone", 0, _SYS_CLONE),
+        (jeq_k, "nosys", 0, _SYS_CLONE3),
     ]
-    for i, nr in enumerate(nrs):
-        ins.append((jeq_k, n - i, 0, nr))  # jump to the deny after the allow
-    ins.append((ret_k, 0, 0, SECCOMP_RET_ALLOW))
-    ins.append((ret_k, 0, 0, deny))
-    return b"".join(struct.pack("=HBBI", *i) for i in ins)
+    for nr in sorted(set(denied.values())):
+        prog.append((jeq_k, "deny", 0, nr))
+    prog += [
+        "allow", (ret_k, 0, 0, SECCOMP_RET_ALLOW),
+        "clone", (ld_w_abs, 0, 0, 16),  # args[0], its low 32 bits (little-endian): the flags
+        (jset_k, "deny", 0, CLONE_NEW_FLAGS),
+        (ret_k, 0, 0, SECCOMP_RET_ALLOW),  # (BPF jumps only forward: a second allow)
+        "nosys", (ret_k, 0, 0, nosys),
+        "deny", (ret_k, 0, 0, deny),
+    ]
+    at, n = {}, 0
+    for x in prog:
+        if isinstance(x, str):
+            at[x] = n
+        else:
+            n += 1
+    out, pc = [], 0
+    for x in prog:
+        if isinstance(x, str):
+            continue
+        code, jt, jf, k = x
+        jt = at[jt] - pc - 1 if isinstance(jt, str) else jt
+        jf = at[jf] - pc - 1 if isinstance(jf, str) else jf
+        if not (0 <= jt < 256 and 0 <= jf < 256):
+            raise ValueError("seccomp program: a jump is out of range")
+        out.append(struct.pack("=HBBI", code, jt, jf, k))
+        pc += 1
+    return b"".join(out)
 
 
 def install_seccomp() -> bool:

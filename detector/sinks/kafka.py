@@ -121,6 +121,11 @@ class ReliableProducer(Sink):
         self._warned_down = False
         self._warned_cluster = False
         ACTIVE.append(self)
+        old = sorted((Path(conf.spool_dir) / topic).glob("seg-*.jsonl"))
+        if old:  # the layout before a folder per cluster: which cluster they were for is unknown
+            _warn(f"{len(old)} spool segment(s) in {old[0].parent} were written by an older version "
+                  f"and are not re-sent on their own: move them into {self.spool.dir} if they are "
+                  f"{self.what} for {conf.bootstrap}")
         if self._connect():
             if not self.spool.records:
                 self.spool.claim(self._cluster_id())  # this folder now belongs to that cluster
@@ -442,6 +447,10 @@ class EventSink(ReliableProducer):
             self.write({"v": WIRE_VERSION, "evs": [], "conns": [conn_to_wire(c, 0)]}, key)
             return
         pack[2].append(conn_to_wire(c, len(pack[1])))
+        if len(pack[2]) >= self.PACK:
+            self._send_pack(key)
+        if time.monotonic() >= self._due:
+            self._send_packs()
 
     def _pack(self, key: str):
         """The open pack of the partition ``key`` goes to; None while partitions are unknown."""

@@ -184,8 +184,7 @@ class Spool:
                 tmp = seg.with_suffix(".tmp")
                 with open(tmp, "wb") as out:
                     for k, v in rest:
-                        out.write((json.dumps({"k": k, "v": v}, separators=(",", ":"),
-                                              ensure_ascii=False) + "\n").encode())
+                        out.write((json.dumps({"k": k, "v": v}, separators=(",", ":")) + "\n").encode())  # ASCII, as append
                     out.flush()
                     os.fsync(out.fileno())
                 os.replace(tmp, seg)
