@@ -36,7 +36,7 @@ def _json(name: str) -> dict:
 @pytest.fixture(scope="module")
 def ecs_flat() -> dict:
     if not ECS_FLAT.is_file():
-        pytest.skip(f"no ECS schema at {ECS_FLAT}")
+        pytest.fail(f"no ECS schema at {ECS_FLAT}: the shared data (../shared) is missing")
     return yaml.safe_load(ECS_FLAT.read_text())
 
 
