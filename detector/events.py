@@ -42,18 +42,44 @@ UNANSWERED = "unanswered"
 
 @dataclass(slots=True)
 class Question:
-    name: str
+    name: str  # presentation text (dig's escapes); a damaged name: the labels before the damage
     qtype: int
-    qclass: int = 1
+    qclass: int = 1  # without mDNS's unicast-response bit
+    # mDNS (port 5353): the QU bit, the top bit of the class (RFC 6762 5.4), taken out of qclass
+    unicast_response: bool = False
 
 
 @dataclass(slots=True)
 class Answer:
+    """A resource record of any section (answer, authority, additional; for DNS
+    UPDATE the prerequisite and update sections). ``data`` is the typed rdata in
+    dig's presentation format (docs/output.md lists the types); a type without a
+    presentation here is lowercase hex of the rdata (at most 512 bytes)."""
+
     name: str
     rtype: int
     ttl: int
     data: str
     rdlength: int = 0
+    rclass: int = 1  # without mDNS's cache-flush bit
+    # mDNS (port 5353): the cache-flush bit, the top bit of the class (RFC 6762 10.2)
+    cache_flush: bool = False
+
+
+#: Every section's records are Answers; the name for code that is not about answers.
+Record = Answer
+
+
+@dataclass(slots=True)
+class EdnsOption:
+    """One EDNS option of the OPT record: its code, name (``COOKIE``, ``NSID``,
+    ``ECS``, ``PADDING``, ``TCP-KEEPALIVE``, ``EXPIRE``, ``CHAIN``, ``KEY-TAG``,
+    ``DAU``, ``DHU``, ``N3U``, ``EDE``...; ``OPT<code>`` when unknown) and its data
+    in presentation form (docs/output.md)."""
+
+    code: int
+    name: str
+    data: str
 
 
 @dataclass(slots=True)
@@ -62,6 +88,17 @@ class Edns:
     do: bool = False
     version: int = 0
     client_subnet: str | None = None  # "192.0.2.0/24" when the ECS option is present
+    client_subnet_scope: int | None = None  # the ECS option's scope prefix length
+    # every option, in wire order (on the wire form: rows of the option's fields)
+    options: list[EdnsOption] = field(default_factory=list, metadata={"rows": EdnsOption})
+    flags: int = 0  # the OPT TTL's low 16 bits: DO (0x8000) and the Z bits
+    ext_rcode: int = 0  # the OPT TTL's top 8 bits (the rcode's upper bits)
+
+    def __post_init__(self) -> None:
+        # rows read back from the wire form carry options as plain lists
+        o = self.options
+        if o and type(o[0]) is not EdnsOption:
+            self.options = [EdnsOption(*x) for x in o]
 
 
 @dataclass(slots=True)
@@ -109,6 +146,11 @@ class DnsEvent:
     rcode: int = field(metadata=W("rc"))  # full rcode, extended by EDNS when present
     questions: list[Question] = field(metadata=W("q", rows=Question))
     answers: list[Answer] = field(default_factory=list, metadata=W("a", rows=Answer, optional=True))
+    # the authority and additional sections (the OPT record is ``edns``, not a record
+    # here); for DNS UPDATE, ``questions`` is the zone, ``answers`` the prerequisites
+    # and ``authority`` the updates (RFC 2136 2.2); empty tuples when absent
+    authority: list[Answer] = field(default=(), metadata=W("ns", rows=Answer, optional=True))
+    additional: list[Answer] = field(default=(), metadata=W("ar", rows=Answer, optional=True))
     ancount: int = field(default=0, metadata=W("c", at=0))
     nscount: int = field(default=0, metadata=W("c", at=1))
     arcount: int = field(default=0, metadata=W("c", at=2))
@@ -130,8 +172,10 @@ class DnsEvent:
     allowed: bool = False
     # set by live capture: upstream query caused by this application query (stub link)
     cause: dict[str, Any] | None = field(default=None, metadata=W("cause", optional=True))
-    # set by the decoder when the message broke after the question section
-    malformed: str = ""
+    # set by the decoder (or the packet layers) when part of the message could not be
+    # decoded: the reason (``truncated_record``, ``bad_pointer``, ``capture_truncated``...);
+    # what came before the damage is kept, and detectors still see the event
+    malformed: str = field(default="", metadata=W("m", optional=True))
 
     # --- header accessors ---------------------------------------------------
     @property
@@ -165,6 +209,24 @@ class DnsEvent:
     @property
     def cd(self) -> bool:
         return bool(self.flags & FLAG_CD)
+
+    @property
+    def z(self) -> bool:
+        """The header's reserved Z bit (0x0040), which must be zero."""
+        return bool(self.flags & 0x0040)
+
+    # DNS UPDATE (opcode 5, RFC 2136): the sections under their UPDATE names
+    @property
+    def zone(self) -> Question | None:
+        return self.questions[0] if self.questions else None
+
+    @property
+    def prerequisites(self) -> list[Answer]:
+        return self.answers
+
+    @property
+    def updates(self) -> list[Answer]:
+        return self.authority
 
     @property
     def qname(self) -> str:
@@ -279,20 +341,21 @@ def _generate() -> tuple:
             continue
         if cls is not None:  # records: lists of the record's fields in declaration order
             env[cls.__name__] = cls
-            cols = ", ".join(f"r.{c}" for c in _record_fields(cls))
-            value = f"[[{cols}] for r in x]" if many else f"[{cols.replace('r.', 'x.')}]"
+            cols = ", ".join(_record_cols(cls, "r"))
+            value = f"[[{cols}] for r in x]" if many else f"[{', '.join(_record_cols(cls, 'x'))}]"
             build = f"[{cls.__name__}(*r) for r in {var}]" if many else f"{cls.__name__}(*{var})"
         else:
             value, build = "x", var
         enc.append(f"    x = ev.{name}")
         if optional:
-            enc += ["    if x:" if many else "    if x is not None:", f"        d[{k}] = {value}"]
+            test = "    if x:" if many or _default(name) == "" else "    if x is not None:"
+            enc += [test, f"        d[{k}] = {value}"]
         else:
             enc.append(f"    d[{k}] = {value}")
         if has_default:
             env[f"D_{name}"] = _default(name)
             dec.append(f"    {var} = d.get({k})")
-            empty = "[]" if many else f"D_{name}"
+            empty = "[]" if many and isinstance(env[f"D_{name}"], list) else f"D_{name}"
             args.append(f"{name}={build} if {var} is not None else {empty}")
         else:
             dec.append(f"    {var} = d[{k}]")
@@ -315,6 +378,22 @@ def _generate() -> tuple:
     src = "\n".join(enc) + "\n\n\n" + "\n".join(dec) + "\n"
     exec(compile(src, "<detector.events wire form>", "exec"), env)  # noqa: S102 - our own text
     return env["to_wire_fields"], env["from_wire_fields"], src
+
+
+def _record_cols(cls, var: str) -> list[str]:
+    """The wire form's expressions for one record's fields; a field declared with
+    ``metadata={"rows": Sub}`` is a list of Sub rows (the record's __post_init__ reads them)."""
+    from dataclasses import fields
+
+    out = []
+    for f in fields(cls):
+        sub = f.metadata.get("rows")
+        if sub is None:
+            out.append(f"{var}.{f.name}")
+        else:
+            inner = ", ".join(f"o.{g}" for g in _record_fields(sub))
+            out.append(f"[[{inner}] for o in {var}.{f.name}]")
+    return out
 
 
 def _default(name: str) -> Any:
