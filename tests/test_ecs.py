@@ -22,7 +22,7 @@ from detector.alerts.render import render_event
 from detector.capture.layers import PacketDecoder
 from detector.capture.pcap import PcapReader
 from detector.detect.registry import load_rules
-from detector.events import ProcessInfo
+from detector.events import Answer, DnsEvent, Edns, EdnsOption, ProcessInfo, Question
 from detector.pipeline.run import Pipeline
 from schemas import Tally, check_ecs
 
@@ -85,7 +85,8 @@ def test_ecs_version_client_server_related_and_outcome(ecs_docs):
 
 
 def test_do_bit_and_answer_class(ecs_docs):
-    """The EDNS DO bit reaches dns.header_flags; every answer names its class."""
+    """The EDNS DO bit reaches dns.header_flags; every answer names its class, and
+    the answers to the question (its name and type) have the question's class."""
     do = [d for d in ecs_docs if d.get("dns_detector", {}).get("edns", {}).get("do")]
     assert len(do) > 100
     for d in ecs_docs:
@@ -94,10 +95,168 @@ def test_do_bit_and_answer_class(ecs_docs):
         has_do = d.get("dns_detector", {}).get("edns", {}).get("do", False)
         if "dns" in d:
             assert ("DO" in d["dns"]["header_flags"]) == has_do
+        q = d.get("dns", {}).get("question", {})
         for a in d.get("dns", {}).get("answers", []):
-            if d["dns"].get("question", {}).get("class", "ANY") not in ("ANY", "NONE"):
-                assert a["class"] == d["dns"]["question"]["class"]
+            assert a["class"]
+            if (a["name"].lower(), a["type"]) == (q.get("name", "").lower(), q.get("type")) \
+                    and q["class"] not in ("ANY", "NONE") and d["destination"]["port"] != 5353:
+                assert a["class"] == q["class"], (q, a)
     print(f"\n{len(do)} of {len(ecs_docs)} documents carry DO")
+
+
+def empty_containers(doc, path: str = "") -> list[str]:
+    """Paths of the empty lists and objects in a document (dns.header_flags, a flags
+    word in list form, may be empty: ECS gives no other way to say "no flags")."""
+    out = []
+    items = doc.items() if isinstance(doc, dict) else enumerate(doc)
+    for k, v in items:
+        p = f"{path}.{k}" if path else str(k)
+        if isinstance(v, (dict, list)):
+            if not v and p not in ("dns.header_flags", "flags"):
+                out.append(p)
+            out += empty_containers(v, p)
+    return out
+
+
+def test_event_documents_carry_no_empty_sections(ecs_docs):
+    """Sections the message does not have leave nothing behind: no empty list or
+    object in any event document of the real captures."""
+    events = [d for d in ecs_docs if d["event"]["kind"] == "event"]
+    assert len(events) > 10000
+    bad = [(d["event"]["action"], p) for d in events for p in empty_containers(d)]
+    assert not bad, bad[:20]
+
+
+# --- the whole message, hand-built: every section, EDNS options, mDNS bits, UPDATE ---
+
+def full_message_event() -> DnsEvent:
+    """An mDNS response with every section: two questions (the first with the QU
+    bit), a cache-flush answer of class CH (so the answer's class is the record's
+    own, not the question's), an authority record, two additional records, EDNS
+    with the client subnet and two more options, the Z bit set, and damage."""
+    return DnsEvent(
+        ts=1767225600.25, transport="udp", ip_version=4, src_ip="192.168.1.20", src_port=5353,
+        dst_ip="192.168.1.30", dst_port=5353, id=4660, flags=0x8400 | 0x0100 | 0x0040, rcode=0,
+        questions=[Question("printer.local", 12, 1, True), Question("_ipp._tcp.local", 33, 255, False)],
+        answers=[Answer("printer.local", 16, 120, '"txtvers=1"', 10, 3, True),
+                 Answer("printer.local", 1, 120, "192.168.1.20", 4, 1, False)],
+        authority=[Answer("local", 6, 3600, "ns.local. host.local. 7 3600 600 86400 60", 48, 1, False)],
+        additional=[Answer("printer.local", 28, 120, "fe80::1", 16, 1, True),
+                    Answer("printer.local", 47, 120, "printer.local. A AAAA", 9, 1, True)],
+        ancount=2, nscount=1, arcount=3, size=301,
+        edns=Edns(1440, True, 0, "192.0.2.0/24", 16,
+                  [EdnsOption(10, "COOKIE", "0102030405060708"), EdnsOption(8, "ECS", "192.0.2.0/24/16"),
+                   EdnsOption(3, "NSID", "6e7331")], 0x8000 | 0x0001, 1),
+        kind="response", latency=0.002, malformed="truncated_record")
+
+
+def update_event() -> DnsEvent:
+    """A DNS UPDATE (RFC 2136) as dns__dynamic-update.pcap has it: zone StratoLab.org
+    SOA, a prerequisite (CNAME, class NONE: the name has no CNAME), updates deleting
+    an RRset (class ANY) and adding an address, a TSIG in the additional section."""
+    return DnsEvent(
+        ts=1767225601.0, transport="udp", ip_version=4, src_ip="10.1.1.5", src_port=49152,
+        dst_ip="10.1.1.1", dst_port=53, id=51, flags=5 << 11, rcode=0,
+        questions=[Question("StratoLab.org", 6)],
+        answers=[Answer("NWin2.StratoLab.org", 5, 0, "", 0, 254)],
+        authority=[Answer("NWin2.StratoLab.org", 28, 0, "", 0, 255),
+                   Answer("NWin2.StratoLab.org", 1, 1200, "10.1.1.99", 4, 1)],
+        additional=[Answer("key.StratoLab.org", 250, 0, "hmac-sha256. 1767225601 300 32 ab 51 0 0", 61, 255)],
+        ancount=1, nscount=2, arcount=1, size=180, kind="query")
+
+
+def test_full_message_in_ecs():
+    """Every part of the message reaches the document, each in one place: ECS's own
+    dns.* fields where it has them, dns_detector.dns and dns_detector.edns for the
+    rest; the document conforms to ECS 9.4 (in both event models)."""
+    ev = full_message_event()
+    t = Tally()
+    for model in ("message", "transaction"):
+        d = render_event(ev, "ecs", model)
+        assert check_ecs(d, t) == []
+        dns, ns = d["dns"], d["dns_detector"]
+        assert dns["question"] == {"name": "printer.local", "type": "PTR", "class": "IN"}
+        assert dns["answers"] == [
+            {"name": "printer.local", "type": "TXT", "class": "CH", "ttl": 120, "data": '"txtvers=1"'},
+            {"name": "printer.local", "type": "A", "class": "IN", "ttl": 120, "data": "192.168.1.20"}]
+        assert dns["header_flags"] == ["AA", "RD", "DO"] and dns["resolved_ip"] == ["192.168.1.20"]
+        m = ns["dns"]
+        assert m["questions"] == [
+            {"name": "printer.local", "type": "PTR", "class": "IN", "unicast_response": True},
+            {"name": "_ipp._tcp.local", "type": "SRV", "class": "ANY", "unicast_response": False}]
+        assert m["answers"] == [{"rdlength": 10, "cache_flush": True}, {"rdlength": 4, "cache_flush": False}]
+        assert m["authority"] == [{"name": "local", "type": "SOA", "class": "IN", "ttl": 3600,
+                                   "data": "ns.local. host.local. 7 3600 600 86400 60", "rdlength": 48,
+                                   "cache_flush": False}]
+        assert [(r["type"], r["data"], r["rdlength"], r["cache_flush"]) for r in m["additional"]] == [
+            ("AAAA", "fe80::1", 16, True), ("NSEC", "printer.local. A AAAA", 9, True)]
+        assert m["z"] is True
+        assert "zone" not in m and "updates" not in m and "prerequisites" not in m
+        assert ns["edns"] == {
+            "udp_size": 1440, "do": True, "version": 0, "flags": 0x8001, "ext_rcode": 1,
+            "client_subnet": "192.0.2.0/24", "client_subnet_scope": 16,
+            "options": [{"code": 10, "name": "COOKIE", "data": "0102030405060708"},
+                        {"code": 8, "name": "ECS", "data": "192.0.2.0/24/16"},
+                        {"code": 3, "name": "NSID", "data": "6e7331"}]}
+        assert ns["malformed"] == "truncated_record"
+        assert not empty_containers(d)
+    assert t.custom == 2 and not t.failures
+
+
+def test_update_sections_under_their_names_in_ecs():
+    """Opcode UPDATE: dns.question is the zone (as Zeek writes it), and the
+    prerequisites and updates are not answers: dns_detector.dns.zone,
+    .prerequisites and .updates, with each record's class (NONE, ANY say what the
+    record does)."""
+    ev = update_event()
+    t = Tally()
+    d = render_event(ev, "ecs")
+    assert check_ecs(d, t) == [] and not t.failures
+    dns, m = d["dns"], d["dns_detector"]["dns"]
+    assert dns["op_code"] == "UPDATE" and dns["question"]["name"] == "StratoLab.org"
+    assert "answers" not in dns and "resolved_ip" not in dns
+    assert m["zone"] == {"name": "StratoLab.org", "type": "SOA", "class": "IN"}
+    assert [(r["name"], r["type"], r["class"]) for r in m["prerequisites"]] == [("NWin2.StratoLab.org", "CNAME", "NONE")]
+    assert [(r["type"], r["class"], r["ttl"], r["data"]) for r in m["updates"]] == [
+        ("AAAA", "ANY", 0, ""), ("A", "IN", 1200, "10.1.1.99")]
+    assert m["additional"][0]["type"] == "TSIG" and m["additional"][0]["class"] == "ANY"
+    assert "answers" not in m and "authority" not in m and "questions" not in m and "z" not in m
+    assert "NWin2.StratoLab.org" in d["related"]["hosts"]
+    assert "edns" not in d["dns_detector"] and not empty_containers(d)
+
+
+def test_plain_message_has_no_namespace_dns():
+    """One question, no other sections: nothing under dns_detector.dns (and no
+    dns_detector at all without EDNS)."""
+    ev = update_event()
+    ev.flags, ev.answers, ev.authority, ev.additional = 0x0100, [], (), ()
+    d = render_event(ev, "ecs")
+    assert "dns_detector" not in d and "answers" not in d["dns"]
+    assert check_ecs(d, Tally()) == []
+
+
+def test_flat_json_carries_the_same_content():
+    """--format jsonl: the sections as rows [name, type, ttl, data, class, rdlength,
+    cache_flush] (the first four as before), the questions when ECS lists them, EDNS
+    as in ECS, the Z bit; UPDATE under its own names; nothing for absent sections."""
+    ev = full_message_event()
+    f = render_event(ev, "jsonl")
+    assert f["questions"] == [["printer.local", "PTR", "IN", True], ["_ipp._tcp.local", "SRV", "ANY", False]]
+    assert f["answers"][0] == ["printer.local", "TXT", 120, '"txtvers=1"', "CH", 10, True]
+    assert f["authority"][0][:5] == ["local", "SOA", 3600, "ns.local. host.local. 7 3600 600 86400 60", "IN"]
+    assert [r[1] for r in f["additional"]] == ["AAAA", "NSEC"]
+    assert f["z"] is True and f["malformed"] == "truncated_record"
+    assert f["edns"] == render_event(ev, "ecs")["dns_detector"]["edns"]
+    u = render_event(update_event(), "jsonl")
+    assert u["qname"] == "StratoLab.org" and u["qtype"] == "SOA"
+    assert u["prerequisites"][0][:5] == ["NWin2.StratoLab.org", "CNAME", 0, "", "NONE"]
+    assert [r[1] for r in u["updates"]] == ["AAAA", "A"] and "answers" not in u and "authority" not in u
+    ev.questions, ev.answers, ev.authority, ev.additional = ev.questions[:1], [], (), ()
+    ev.questions[0].unicast_response = False
+    ev.edns, ev.flags, ev.malformed = None, 0x8000, ""
+    f = render_event(ev, "jsonl")
+    assert not {"questions", "answers", "authority", "additional", "z", "edns", "qclass"} & set(f)
+    assert not empty_containers(f)
 
 
 def tshark_community_ids(pcap: str) -> dict[tuple, str]:

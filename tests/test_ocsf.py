@@ -12,7 +12,8 @@ import pytest
 from detector.alerts.render import render_alert, render_event
 from detector.events import Finding
 from schemas import Tally, check_ocsf
-from test_ecs import TX_FILES, enriched_events, replay, with_process
+from test_ecs import (TX_FILES, empty_containers, enriched_events, full_message_event, replay, update_event,
+                      with_process)
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +149,53 @@ def test_top_counts_ocsf_alerts_as_it_counts_ecs_ones(tmp_path):
             t.alert(json.loads(line))
         seen[fmt] = (t.alerts, dict(t.rules), t.entities.most_common(3), t.duplicates)
     assert seen["ocsf"] == seen["ecs"] and seen["ecs"][0] >= 5
+
+
+def test_full_message_in_dns_activity():
+    """Answers carry their own class, TTL, type, rdata and flags (the header's, and
+    mDNS's cache-flush bit as 99 Other "Cache Flush", since OCSF numbers no such
+    flag); what OCSF 1.8 has no attribute for (the other questions, authority,
+    additional, answers' rdlength, EDNS, Z, the damage) is under unmapped with the
+    names of our ECS namespace. Both event models conform."""
+    ev = full_message_event()
+    t = Tally()
+    for model in ("message", "transaction"):
+        d = render_event(ev, "ocsf", model)
+        assert check_ocsf(d, t) == []
+        assert d["query"]["hostname"] == "printer.local" and d["query"]["class"] == "IN"
+        a0, a1 = d["answers"]
+        assert (a0["rdata"], a0["type"], a0["class"], a0["ttl"]) == ('"txtvers=1"', "TXT", "CH", 120)
+        assert a0["flag_ids"] == [1, 3, 99] and a0["flags"] == ["Authoritative Answer", "Recursion Desired", "Cache Flush"]
+        assert a1["flag_ids"] == [1, 3] and a1["class"] == "IN"
+        u = d["unmapped"]
+        ecs_ns = render_event(ev, "ecs", model)["dns_detector"]
+        assert u["edns"] == ecs_ns["edns"] and u["malformed"] == "truncated_record"
+        m = u["dns"]
+        assert m["answers"] == [{"rdlength": 10}, {"rdlength": 4}]  # the bit is in flags: one place
+        for k in ("questions", "authority", "additional", "z"):
+            assert m[k] == ecs_ns["dns"][k], k
+        assert m["questions"][0]["unicast_response"] is True
+        assert [o["name"] for o in u["edns"]["options"]] == ["COOKIE", "ECS", "NSID"]
+        assert not empty_containers(d)
+    assert not t.failures
+
+
+def test_update_in_dns_activity():
+    """Opcode UPDATE: query is the zone with opcode_id 5 Update; the prerequisites
+    are not answers: they, the updates and the additional TSIG are under
+    unmapped.dns by their RFC 2136 names."""
+    d = render_event(update_event(), "ocsf")
+    t = Tally()
+    assert check_ocsf(d, t) == [] and not t.failures
+    assert (d["query"]["hostname"], d["query"]["type"], d["query"]["opcode_id"], d["query"]["opcode"]) == (
+        "StratoLab.org", "SOA", 5, "Update")
+    assert "answers" not in d
+    m = d["unmapped"]["dns"]
+    assert m["zone"]["name"] == "StratoLab.org"
+    assert [r["class"] for r in m["prerequisites"]] == ["NONE"]
+    assert [(r["type"], r["class"]) for r in m["updates"]] == [("AAAA", "ANY"), ("A", "IN")]
+    assert m["additional"][0]["type"] == "TSIG"
+    plain = update_event()
+    plain.flags, plain.answers, plain.authority, plain.additional = 0x0100, [], (), ()
+    d = render_event(plain, "ocsf")
+    assert "unmapped" not in d and "answers" not in d and check_ocsf(d, t) == []

@@ -2,8 +2,11 @@
 
 Field names are the ones SIEMs already index: ``dns.question.name``,
 ``process.pid``, ``client.ip``, ``threat.technique.subtechnique.id``... What
-ECS has no field for (the detector's score and features, EDNS details) lives
-under our own namespace ``dns_detector.*``. docs/output.md describes both
+ECS has no field for (the detector's score and features, EDNS, the questions
+after the first, the authority and additional sections, record lengths and
+mDNS bits, DNS UPDATE's sections) lives under our own namespace
+``dns_detector.*``: :func:`message_fields` builds its ``dns`` object, which
+the OCSF records carry under ``unmapped`` with the same names. docs/output.md describes both
 document models (one document per DNS message, or one per transaction) and
 every field; docs/alert.schema.json is the alert's JSON schema.
 """
@@ -18,7 +21,7 @@ from detector import __version__
 from detector.alerts.community_id import PROTOCOLS, community_id
 from detector.dns.constants import (CLASSES, FLAG_NAMES, OPCODES, QTYPES, RCODES,  # noqa: F401
                                      qtype_name, rcode_name)
-from detector.events import QUERY, RESPONSE, UNANSWERED, DnsEvent, Finding, ProcessInfo
+from detector.events import QUERY, RESPONSE, UNANSWERED, Answer, DnsEvent, Edns, Finding, ProcessInfo, Question
 
 ECS_VERSION = "9.4.0"
 HOSTNAME = socket.gethostname()
@@ -35,8 +38,10 @@ SEVERITY_NUM = {"low": 21, "medium": 47, "high": 73, "critical": 99}
 _FLAG_NAMES = FLAG_NAMES
 #: record types whose data is a host name (for related.hosts)
 _NAME_RTYPES = frozenset({2, 5, 12, 39})  # NS, CNAME, PTR, DNAME
-#: question classes whose answers carry another class (ANY, NONE): answers get no class
-_NO_ANSWER_CLASS = frozenset({254, 255})
+#: the DNS UPDATE opcode (RFC 2136): its sections are zone, prerequisites, updates
+UPDATE = 5
+#: the header's reserved Z bit (must be zero)
+_Z_BIT = 0x0040
 
 _FLAGS_CACHE: dict[int, list[str]] = {}
 
@@ -83,7 +88,16 @@ def opcode_name(op: int) -> str:
     return OPCODES.get(op) or f"OPCODE{op}"
 
 
+def class_name(c: int) -> str:
+    """IN, CH...; CLASS<n> for one without a name (RFC 3597)."""
+    n = CLASSES.get(c)
+    return n if n is not None else f"CLASS{c}"
+
+
 def dns_fields(ev: DnsEvent) -> dict[str, Any]:
+    """ECS's ``dns.*``: the header, the first question, the answers (each with its
+    own class). A DNS UPDATE's question is its zone and its other sections are not
+    answers: they go to :func:`message_fields` under their own names."""
     qr = ev.flags & 0x8000
     e = ev.edns
     d: dict[str, Any] = {
@@ -94,12 +108,9 @@ def dns_fields(ev: DnsEvent) -> dict[str, Any]:
     }
     if qr:
         d["response_code"] = rcode_name(ev.rcode)
-    qclass = None
     if ev.questions:
         q = ev.questions[0]
-        qclass = q.qclass
-        question = {"name": q.name, "type": qtype_name(q.qtype),
-                    "class": CLASSES.get(q.qclass, f"CLASS{q.qclass}")}
+        question = {"name": q.name, "type": qtype_name(q.qtype), "class": class_name(q.qclass)}
         if ev.registered_domain:
             question["registered_domain"] = ev.registered_domain
         if ev.subdomain:
@@ -107,23 +118,82 @@ def dns_fields(ev: DnsEvent) -> dict[str, Any]:
         if ev.suffix:
             question["top_level_domain"] = ev.suffix
         d["question"] = question
-    if ev.answers:
-        # an answer's class is its question's (RFC 1035 4.1.3): the decoder keeps no
-        # per-record class, so a question of class ANY or NONE leaves it out
-        cls = CLASSES.get(qclass, f"CLASS{qclass}") if qclass is not None and qclass not in _NO_ANSWER_CLASS else None
-        answers = []
-        for a in ev.answers:
-            r = {"name": a.name, "type": qtype_name(a.rtype), "ttl": a.ttl, "data": a.data}
-            if cls:
-                r["class"] = cls
-            answers.append(r)
-        d["answers"] = answers
+    if ev.answers and ev.opcode != UPDATE:
+        d["answers"] = [{"name": a.name, "type": qtype_name(a.rtype), "class": class_name(a.rclass),
+                         "ttl": a.ttl, "data": a.data} for a in ev.answers]
         # an A or AAAA record of the wrong length decodes to hex or "": not an address
         ips = [a.data for a in ev.answers
                if (a.rtype == 1 and a.data.count(".") == 3) or (a.rtype == 28 and ":" in a.data)]
         if ips:
             d["resolved_ip"] = ips
     return d
+
+
+def record_fields(r: Answer) -> dict[str, Any]:
+    """One resource record of a section ECS has no field for (authority, additional,
+    UPDATE's prerequisites and updates): dns.answers' fields plus rdlength and
+    mDNS's cache-flush bit."""
+    return {"name": r.name, "type": qtype_name(r.rtype), "class": class_name(r.rclass), "ttl": r.ttl,
+            "data": r.data, "rdlength": r.rdlength, "cache_flush": r.cache_flush}
+
+
+def question_fields(q: Question) -> dict[str, Any]:
+    return {"name": q.name, "type": qtype_name(q.qtype), "class": class_name(q.qclass),
+            "unicast_response": q.unicast_response}
+
+
+def edns_fields(e: Edns) -> dict[str, Any]:
+    """The OPT record: UDP size, version, DO, the flags word and extended rcode bits,
+    the client subnet with its scope, every option (code, name, data) in wire order."""
+    d: dict[str, Any] = {"udp_size": e.udp_size, "do": e.do, "version": e.version, "flags": e.flags,
+                         "ext_rcode": e.ext_rcode}
+    if e.client_subnet:
+        d["client_subnet"] = e.client_subnet
+    if e.client_subnet_scope is not None:
+        d["client_subnet_scope"] = e.client_subnet_scope
+    if e.options:
+        d["options"] = [{"code": o.code, "name": o.name, "data": o.data} for o in e.options]
+    return d
+
+
+def message_fields(ev: DnsEvent, answer_cache_flush: bool = True) -> dict[str, Any] | None:
+    """``dns_detector.dns``: what of the message ECS's ``dns.*`` cannot hold, or None
+    when there is nothing (the common case: one question, no authority or additional
+    records, no answers). Only sections that are present are written:
+
+    - ``questions[]``: every question, when there is more than one or one carries
+      mDNS's unicast-response bit (else ``dns.question`` says it all);
+    - ``answers[]``: per ``dns.answers`` entry, in the same order, ``rdlength`` and
+      ``cache_flush`` (left out when ``answer_cache_flush`` is false: OCSF carries
+      the bit in the answer's own flags);
+    - ``authority[]``, ``additional[]``: records (:func:`record_fields`);
+    - ``z``: true when the header's reserved bit is set;
+    - DNS UPDATE: ``zone`` (the question), ``prerequisites[]`` and ``updates[]``
+      instead of answers and authority.
+    """
+    d: dict[str, Any] = {}
+    qs = ev.questions
+    if qs and (len(qs) > 1 or qs[0].unicast_response):
+        d["questions"] = [question_fields(q) for q in qs]
+    if ev.opcode == UPDATE:
+        if qs:
+            q = qs[0]
+            d["zone"] = {"name": q.name, "type": qtype_name(q.qtype), "class": class_name(q.qclass)}
+        if ev.answers:
+            d["prerequisites"] = [record_fields(r) for r in ev.answers]
+        if ev.authority:
+            d["updates"] = [record_fields(r) for r in ev.authority]
+    else:
+        if ev.answers:
+            d["answers"] = ([{"rdlength": a.rdlength, "cache_flush": a.cache_flush} for a in ev.answers]
+                            if answer_cache_flush else [{"rdlength": a.rdlength} for a in ev.answers])
+        if ev.authority:
+            d["authority"] = [record_fields(r) for r in ev.authority]
+    if ev.additional:
+        d["additional"] = [record_fields(r) for r in ev.additional]
+    if ev.flags & _Z_BIT:
+        d["z"] = True
+    return d or None
 
 
 def process_name(p: ProcessInfo) -> str:
@@ -186,10 +256,11 @@ def _related(ev: DnsEvent, dns: dict[str, Any]) -> dict[str, Any]:
     hosts = []
     if ev.questions and ev.questions[0].name:
         hosts.append(ev.questions[0].name)
-    for a in ev.answers:
-        for h in (a.name, a.data if a.rtype in _NAME_RTYPES else ""):
-            if h and h not in hosts:
-                hosts.append(h)
+    for recs in (ev.answers, ev.authority) if ev.opcode == UPDATE else (ev.answers,):
+        for a in recs:
+            for h in (a.name, a.data if a.rtype in _NAME_RTYPES else ""):
+                if h and h not in hosts:
+                    hosts.append(h)
     r: dict[str, Any] = {"ip": ips}
     if hosts:
         r["hosts"] = hosts
@@ -272,11 +343,11 @@ def event_doc(ev: DnsEvent, model: str = "message") -> dict[str, Any] | None:
     _network(ev, doc, transaction)
     doc["related"] = _related(ev, dns)
     extra: dict[str, Any] = {}
+    m = message_fields(ev)
+    if m is not None:
+        extra["dns"] = m
     if ev.edns is not None:
-        e = ev.edns
-        extra["edns"] = {"udp_size": e.udp_size, "do": e.do, "version": e.version}
-        if e.client_subnet:
-            extra["edns"]["client_subnet"] = e.client_subnet
+        extra["edns"] = edns_fields(ev.edns)
     if ev.malformed:
         extra["malformed"] = ev.malformed
     if ev.cause:

@@ -4,7 +4,12 @@ only these two classes.
 
 Times are milliseconds since the epoch (timestamp_t); ``type_uid`` is
 ``class_uid * 100 + activity_id``. What OCSF has no attribute for goes under
-``unmapped`` with the names our ECS documents use under ``dns_detector``.
+``unmapped`` with the names our ECS documents use under ``dns_detector``:
+OCSF 1.8 has no attribute for the authority and additional sections, EDNS,
+the header's Z bit, the questions after the first or DNS UPDATE's sections
+(``unmapped.dns``, ``unmapped.edns``, as :func:`ecs.message_fields` builds
+them). mDNS's cache-flush bit is an answer flag: ``flag_ids`` 99 Other with
+``flags`` "Cache Flush", the dictionary's way to give a flag it has no number for.
 docs/output.md maps every attribute.
 """
 
@@ -15,7 +20,7 @@ from typing import Any
 from detector import __version__
 from detector.alerts import ecs
 from detector.alerts.community_id import PROTOCOLS, community_id
-from detector.dns.constants import CLASSES, qtype_name, rcode_name
+from detector.dns.constants import qtype_name, rcode_name
 from detector.events import QUERY, RESPONSE, UNANSWERED, DnsEvent, Finding, ProcessInfo
 
 OCSF_VERSION = "1.8.0"
@@ -40,6 +45,9 @@ _RCODE_CAPTIONS = {
 _FLAG_IDS = ((0x0400, 1, "Authoritative Answer"), (0x0200, 2, "Truncated Response"),
              (0x0100, 3, "Recursion Desired"), (0x0080, 4, "Recursion Available"),
              (0x0020, 5, "Authentic Data"), (0x0010, 6, "Checking Disabled"))
+#: mDNS's cache-flush bit (RFC 6762 10.2): OCSF has no number for it, so 99 Other and
+#: the flag's own name in ``flags``
+_CACHE_FLUSH = (99, "Cache Flush")
 _OPCODE_IDS = {0: "Query", 1: "Inverse Query", 2: "Status", 4: "Notify", 5: "Update", 6: "DSO Message"}
 
 
@@ -71,7 +79,7 @@ def _query(ev: DnsEvent) -> dict[str, Any] | None:
         return None
     q = ev.questions[0]
     d: dict[str, Any] = {"hostname": q.name, "type": qtype_name(q.qtype),
-                         "class": CLASSES.get(q.qclass, f"CLASS{q.qclass}"), "packet_uid": ev.id}
+                         "class": ecs.class_name(q.qclass), "packet_uid": ev.id}
     op = ev.opcode
     if op in _OPCODE_IDS:
         d["opcode_id"], d["opcode"] = op, _OPCODE_IDS[op]
@@ -81,16 +89,18 @@ def _query(ev: DnsEvent) -> dict[str, Any] | None:
 
 
 def _answers(ev: DnsEvent) -> list[dict[str, Any]]:
-    qclass = ev.questions[0].qclass if ev.questions else None
-    cls = CLASSES.get(qclass, f"CLASS{qclass}") if qclass is not None and qclass not in (254, 255) else None
+    """The answer section (not for DNS UPDATE, whose records are prerequisites): each
+    record with its own class, the header's flags, and mDNS's cache-flush bit."""
     flag_ids = [i for bit, i, _ in _FLAG_IDS if ev.flags & bit]
     flags = [n for bit, _, n in _FLAG_IDS if ev.flags & bit]
+    class_name = ecs.class_name
     out = []
     for a in ev.answers:
-        r: dict[str, Any] = {"rdata": a.data, "type": qtype_name(a.rtype), "ttl": a.ttl, "packet_uid": ev.id}
-        if cls:
-            r["class"] = cls
-        if flag_ids:
+        r: dict[str, Any] = {"rdata": a.data, "type": qtype_name(a.rtype), "class": class_name(a.rclass),
+                             "ttl": a.ttl, "packet_uid": ev.id}
+        if a.cache_flush:
+            r["flag_ids"], r["flags"] = flag_ids + [_CACHE_FLUSH[0]], flags + [_CACHE_FLUSH[1]]
+        elif flag_ids:
             r["flag_ids"], r["flags"] = flag_ids, flags
         out.append(r)
     return out
@@ -147,10 +157,7 @@ def _process(p: ProcessInfo, profiles: list[str]) -> dict[str, Any]:
 def _unmapped(ev: DnsEvent) -> dict[str, Any]:
     u: dict[str, Any] = {}
     if ev.edns is not None:
-        e = ev.edns
-        u["edns"] = {"udp_size": e.udp_size, "do": e.do, "version": e.version}
-        if e.client_subnet:
-            u["edns"]["client_subnet"] = e.client_subnet
+        u["edns"] = ecs.edns_fields(ev.edns)
     p = ev.process
     if p is not None:
         if p.comm:
@@ -202,7 +209,7 @@ def event_doc(ev: DnsEvent, model: str = "message") -> dict[str, Any] | None:
     q = _query(ev)
     if q is not None:
         d["query"] = q
-    if ev.answers:
+    if ev.answers and ev.opcode != ecs.UPDATE:
         d["answers"] = _answers(ev)
     if ev.flags & 0x8000:
         d["rcode_id"], d["rcode"] = rcode(ev.rcode)
@@ -228,6 +235,9 @@ def event_doc(ev: DnsEvent, model: str = "message") -> dict[str, Any] | None:
     if ev.process is not None:
         d["actor"] = {"process": _process(ev.process, profiles)}
     u = _unmapped(ev)
+    m = ecs.message_fields(ev, answer_cache_flush=False)
+    if m is not None:
+        u["dns"] = m
     if u:
         d["unmapped"] = u
     d["metadata"] = _metadata(None, profiles)

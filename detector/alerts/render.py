@@ -15,10 +15,19 @@ from typing import Any
 
 from detector.alerts import ecs, ocsf
 from detector.alerts.ecs import MODELS  # noqa: F401  (re-exported for the CLI)
-from detector.events import QUERY, DnsEvent, Finding
+from detector.events import QUERY, Answer, DnsEvent, Finding
+
+
+def _rows(recs: list[Answer]) -> list[list]:
+    """Records as flat rows: [name, type, ttl, data, class, rdlength, cache_flush]
+    (the first four as before, so readers of the older rows keep working)."""
+    return [[a.name, ecs.qtype_name(a.rtype), a.ttl, a.data, ecs.class_name(a.rclass), a.rdlength,
+             a.cache_flush] for a in recs]
 
 
 def flat_event(ev: DnsEvent) -> dict[str, Any]:
+    """One flat record per event, with the same content as the ECS document: the
+    sections and EDNS only when present (docs/output.md, "Flat JSON lines")."""
     d: dict[str, Any] = {
         "ts": round(ev.ts, 6),
         "kind": ev.kind,
@@ -38,14 +47,31 @@ def flat_event(ev: DnsEvent) -> dict[str, Any]:
         "size": ev.size,
         "registered_domain": ev.registered_domain,
     }
-    if ev.answers:
-        d["answers"] = [[a.name, ecs.qtype_name(a.rtype), a.ttl, a.data] for a in ev.answers]
+    qs = ev.questions
+    if qs:
+        if qs[0].qclass != 1:  # IN goes without saying
+            d["qclass"] = ecs.class_name(qs[0].qclass)
+        if len(qs) > 1 or qs[0].unicast_response:
+            d["questions"] = [[q.name, ecs.qtype_name(q.qtype), ecs.class_name(q.qclass), q.unicast_response]
+                              for q in qs]
+    if ev.opcode == ecs.UPDATE:  # RFC 2136's names for the sections (qname is the zone)
+        if ev.answers:
+            d["prerequisites"] = _rows(ev.answers)
+        if ev.authority:
+            d["updates"] = _rows(ev.authority)
+    else:
+        if ev.answers:
+            d["answers"] = _rows(ev.answers)
+        if ev.authority:
+            d["authority"] = _rows(ev.authority)
+    if ev.additional:
+        d["additional"] = _rows(ev.additional)
+    if ev.flags & 0x0040:
+        d["z"] = True
     if ev.latency is not None:
         d["latency_ms"] = round(ev.latency * 1000, 3)
     if ev.edns is not None:
-        d["edns"] = {"udp_size": ev.edns.udp_size, "do": ev.edns.do}
-        if ev.edns.client_subnet:
-            d["edns"]["client_subnet"] = ev.edns.client_subnet
+        d["edns"] = ecs.edns_fields(ev.edns)
     if ev.process is not None:
         p = ev.process
         d["process"] = {"pid": p.pid, "tid": p.tid, "name": p.name, "comm": p.comm, "exe": p.exe,
