@@ -337,3 +337,46 @@ def test_partly_decodable_messages_keep_their_question_with_the_reason(tmp_path)
     for payload in (full[:cut], bytes(short)):
         assert astuple(wire.py_decode(payload, 1.0, "udp", 4, "a", 1, "b", 2)) == \
             astuple(wire.decode(payload, 1.0, "udp", 4, "a", 1, "b", 2))
+
+
+def test_damaged_packets_give_what_the_captured_bytes_hold(data, tmp_path):
+    """Every UDP DNS frame of a real capture, cut by a short snap length (the IP
+    and UDP lengths then claim more than is there), and with a UDP length that lies
+    (claims 200 bytes more): each still gives its message, with the id and name
+    tshark shows, marked malformed (the decoder's reason, or capture_truncated)."""
+    import subprocess
+
+    src = data / "pcap/dnscap_tests/dns.pcap"
+    frames = [(ts, fr) for ts, lt, fr in PcapReader(str(src))]
+    dns = [(ts, fr) for ts, fr in frames if fr[23] == 17 and 53 in (
+        int.from_bytes(fr[34:36], "big"), int.from_bytes(fr[36:38], "big"))]
+    assert len(dns) > 50
+    cut = [(ts, fr[:14 + 20 + 8 + 12 + 14]) for ts, fr in dns]  # inside or just after the question
+    lying = []
+    for ts, fr in dns:
+        b = bytearray(fr)
+        b[38:40] = (int.from_bytes(b[38:40], "big") + 200).to_bytes(2, "big")
+        b[40:42] = b"\x00\x00"  # no UDP checksum
+        lying.append((ts, bytes(b)))
+    for name, damaged in (("cut", cut), ("lying", lying)):
+        path = tmp_path / f"{name}.pcap"
+        write_pcap(path, 1, damaged)
+        evs, dec, _ = decode_file(path)
+        assert len(evs) == len(dns), name  # none dropped
+        assert all(e.malformed for e in evs), name
+        ref = subprocess.run(["tshark", "-n", "-r", str(path), "-Y", "dns", "-T", "fields",
+                              "-e", "dns.id", "-e", "dns.qry.name"], capture_output=True,
+                             text=True).stdout.splitlines()
+        assert len(ref) == len(evs), name
+        assert [(int(i, 16), q) for i, q in (r.split("\t") for r in ref)] == \
+            [(e.id, e.qname) for e in evs], name
+        assert dec.stats["udp_bad_length"] == len(dns), name
+    # the lying length over a whole message: the decoder is content, the capture is not
+    assert {e.malformed for e in decode_file(tmp_path / "lying.pcap")[0]} == {"capture_truncated"}
+    # the shared captures whose headers claim more than was captured: decoded, as tshark does
+    for rel, want in (("tcpdump_tests/ipv6_invalid_length_2.pcap", [(0x8505, "www.tcpdump.org")]),
+                      ("tcpdump_tests/ipv4_invalid_total_length.pcap", [(0x92AA, "www.tcpdump.org")]),
+                      ("tcpdump_tests/dns_udp_2.pcap", [(0x5934, "www.tcpdump.org")] * 2)):
+        evs, dec, _ = decode_file(data / "pcap" / rel)
+        assert [(e.id, e.qname) for e in evs] == want, rel
+        assert dec.stats["ip_bad_length"] == 1, rel

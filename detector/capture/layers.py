@@ -6,9 +6,11 @@ Geneve, Teredo, IP-in-IP).
 streams) and the counters the replay summary prints (``stats``; the TCP
 reassembler adds its ``tcp_*`` losses there, see detector.capture.tcpstream for
 its policy). Nothing here raises on bad input: a packet that cannot be decoded
-is counted under a reason and skipped. A packet whose IP length claims more
-than the capture kept is decoded as far as it goes (``ip_bad_length``): the
-DNS message keeps its question, with ``malformed`` saying what was cut.
+is counted under a reason and skipped. A packet whose IP or UDP length claims
+more than the capture kept (a snap length, a lying header) is decoded as far
+as it goes (``ip_bad_length``, ``udp_bad_length``), as tshark and Zeek do: the
+DNS message keeps what the captured bytes hold, with ``malformed`` giving the
+decoder's reason, or ``capture_truncated`` when the bytes there decode whole.
 """
 
 from __future__ import annotations
@@ -324,10 +326,15 @@ class PacketDecoder:
             sport = (d[off] << 8) | d[off + 1]
             dport = (d[off + 2] << 8) | d[off + 3]
             ulen = (d[off + 4] << 8) | d[off + 5]
-            pend = off + ulen if 8 <= ulen <= end - off else end
+            if 8 <= ulen <= end - off:
+                pend, short = off + ulen, False
+            else:  # the UDP length claims more than there is (or is no length): take what is
+                pend, short = end, ulen > end - off or cut > 0
+                if ulen > end - off:
+                    self.stats["udp_bad_length"] += 1
             ports = self.ports
             if dport in ports or sport in ports:
-                self._dns(ts, "udp", ipv, src, sport, dst, dport, d[off + 8:pend], out)
+                self._dns(ts, "udp", ipv, src, sport, dst, dport, d[off + 8:pend], out, short)
             elif depth < MAX_DEPTH and (dport in _UDP_ENCAP or sport == 3544):
                 self._udp_encap(ts, sport, dport, d, off + 8, pend, out, depth + 1)
             elif dport == 853 and self.on_conn is not None:
@@ -344,8 +351,9 @@ class PacketDecoder:
                     for m in tcp.ack((dst, dport, src, sport, ipv), ack, ts):
                         self._dns(ts, "tcp", ipv, dst, dport, src, sport, m, out)
                 msgs = tcp.segment((src, sport, dst, dport, ipv), seq, flags, payload, ts, cut)
-                for m in msgs:
-                    self._dns(ts, "tcp", ipv, src, sport, dst, dport, m, out)
+                last = len(msgs) - 1 if tcp.cut_tail else -1  # the message the cut ends
+                for i, m in enumerate(msgs):
+                    self._dns(ts, "tcp", ipv, src, sport, dst, dport, m, out, i == last)
             elif flags & 0x12 == 0x02 and dport in self.conn_ports and self.on_conn is not None:
                 self.on_conn(ts, "tcp", ipv, src, sport, dst, dport)
             else:
@@ -389,12 +397,17 @@ class PacketDecoder:
             self._ethertype(ts, et, d, p, out, depth)
 
     def _dns(self, ts: float, transport: str, ipv: int, src: str, sport: int, dst: str,
-             dport: int, payload: bytes, out: list) -> None:
+             dport: int, payload: bytes, out: list, short: bool = False) -> None:
+        """Decode one message; ``short``: the capture kept only its first bytes (an IP
+        or UDP length beyond the captured bytes, a TCP segment cut): it is decoded as
+        far as it goes and marked ``capture_truncated`` unless the decoder said why."""
         try:
             ev = decode(payload, ts, transport, ipv, src, sport, dst, dport)
         except DnsParseError as e:
             self.stats["dns_" + e.kind] += 1
             return
+        if short and not ev.malformed:
+            ev.malformed = "capture_truncated"
         self.dns_messages += 1
         if ev.malformed:
             self.stats["dns_" + ev.malformed] += 1

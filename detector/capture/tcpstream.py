@@ -140,6 +140,8 @@ class TcpDnsReassembler:
         self.syn_ignored = 0  # SYNs on a stream that carried data recently (RFC 5961)
         self.rst_ignored = 0  # RSTs not at rcv_nxt (RFC 5961)
         self.cut_messages = 0  # messages given short: the capture cut their segment
+        #: set by segment(): its last message is one the capture cut (given short)
+        self.cut_tail = False
 
     # --- counters -------------------------------------------------------------------
     @property
@@ -180,6 +182,7 @@ class TcpDnsReassembler:
         else:
             self.streams.move_to_end(key)
         out: list[bytes] = []
+        self.cut_tail = False
         if flags & SYN:
             if st is None or st.dead or ts - st.last_data > SYN_GUARD or not st.anchored:
                 early = [] if st is None or st.dead else self._held_segments(st)
@@ -389,6 +392,7 @@ class TcpDnsReassembler:
         if st.synced and len(buf) >= 14:
             ln = (buf[0] << 8) | buf[1]
             out.append(bytes(buf[2:]))
+            self.cut_tail = True
             rest = ln + 2 - len(buf)  # bytes of this message after what we have
             buf.clear()
             if cut <= rest:
