@@ -3,7 +3,10 @@ replay pcap --events` writes for the captures under ../shared/data/pcap and
 tunnel (events and the alerts the tunnels raise) is checked against
 ecs_flat.yml by tests/schemas.py; then what the issue measured: the DO bit,
 answer classes, Community ID against tshark's own, process and thread names,
-container and orchestrator fields, and the two event models."""
+container and orchestrator fields, and the two event models; and the whole
+message (every question, authority and additional records, EDNS options, mDNS
+bits, the Z bit, DNS UPDATE's sections), hand-built and on captures compared
+with tshark, with no empty section left in a document."""
 
 from __future__ import annotations
 
@@ -22,9 +25,10 @@ from detector.alerts.render import render_event
 from detector.capture.layers import PacketDecoder
 from detector.capture.pcap import PcapReader
 from detector.detect.registry import load_rules
+from detector.dns.constants import CLASSES, QTYPES
 from detector.events import Answer, DnsEvent, Edns, EdnsOption, ProcessInfo, Question
 from detector.pipeline.run import Pipeline
-from schemas import Tally, check_ecs
+from schemas import Tally, check_ecs, check_ocsf
 
 #: captures the reader refuses as a whole (not DNS over a link type we read)
 REFUSED = {"dns-inverse-query.pcap"}  # link type 10 (FDDI)
@@ -86,7 +90,8 @@ def test_ecs_version_client_server_related_and_outcome(ecs_docs):
 
 def test_do_bit_and_answer_class(ecs_docs):
     """The EDNS DO bit reaches dns.header_flags; every answer names its class, and
-    the answers to the question (its name and type) have the question's class."""
+    the answers to the question (its name and type) have the question's class
+    (not so for the meta-records TKEY and TSIG, whose class is ANY: RFC 2930, 8945)."""
     do = [d for d in ecs_docs if d.get("dns_detector", {}).get("edns", {}).get("do")]
     assert len(do) > 100
     for d in ecs_docs:
@@ -99,7 +104,8 @@ def test_do_bit_and_answer_class(ecs_docs):
         for a in d.get("dns", {}).get("answers", []):
             assert a["class"]
             if (a["name"].lower(), a["type"]) == (q.get("name", "").lower(), q.get("type")) \
-                    and q["class"] not in ("ANY", "NONE") and d["destination"]["port"] != 5353:
+                    and q["class"] not in ("ANY", "NONE") and a["type"] not in ("TKEY", "TSIG") \
+                    and d["destination"]["port"] != 5353:
                 assert a["class"] == q["class"], (q, a)
     print(f"\n{len(do)} of {len(ecs_docs)} documents carry DO")
 
@@ -433,3 +439,60 @@ def test_alert_schema_file_matches_alerts(ecs_docs):
     v = jsonschema.Draft202012Validator(schema)
     for d in alerts:
         v.validate(d)
+
+
+# --- the whole message, on real captures (the decoders fill every section) ---
+
+REAL_SECTIONS = ("pcap/zeek_traces/dns__dynamic-update.pcap", "pcap/zeek_traces/dns__mdns.pcap",
+                 "pcap/tcpdump_tests/edns-opts.pcap")
+
+
+def tshark_rows(pcap: Path, *fields: str) -> list[list[str]]:
+    out = subprocess.run(["tshark", "-r", str(pcap), "-Y", "dns or mdns", "-T", "fields", "-E", "separator=|",
+                          *[x for f in fields for x in ("-e", f)]], capture_output=True, text=True, check=True).stdout
+    return [line.split("|") for line in out.splitlines()]
+
+
+def test_real_update_mdns_and_edns_sections(data):
+    """Decoded captures: a DNS UPDATE's prerequisites and updates (classes NONE and
+    ANY), mDNS's cache-flush bits over every section, and EDNS options reach the
+    documents as tshark reads the packets; ECS and OCSF documents still conform."""
+    t = Tally()
+    docs: dict[str, list[dict]] = {}
+    for f in REAL_SECTIONS:
+        for e in enriched_events([data / f]):
+            if e.kind == "unanswered":  # the query again
+                continue
+            d = render_event(e, "ecs")
+            docs.setdefault(f, []).append(d)
+            check_ecs(d, t)
+            check_ocsf(render_event(e, "ocsf"), t)
+            assert not empty_containers(d)
+    assert not t.failures, sorted(set(t.failures))[:20]
+    # UPDATE: tshark's record types and classes of the prerequisite and update sections
+    want = [(r[1], r[2]) for r in tshark_rows(data / REAL_SECTIONS[0], "dns.flags.opcode", "dns.resp.type",
+                                               "dns.resp.class")]
+    got = []
+    for d in docs[REAL_SECTIONS[0]]:
+        m = d["dns_detector"]
+        assert d["dns"]["op_code"] == "UPDATE"
+        assert "answers" not in d["dns"] and d["dns"]["question"]["name"] == m["dns"]["zone"]["name"]
+        recs = m["dns"].get("prerequisites", []) + m["dns"].get("updates", []) + m["dns"].get("additional", [])
+        got.append(recs)
+    assert len(got) == len(want) == 4
+    for recs, (types, classes) in zip(got, want):
+        assert [r["type"] for r in recs] == [QTYPES[int(x)] for x in types.split(",")]
+        assert [r["class"] for r in recs] == [CLASSES[int(x, 16)] for x in classes.split(",")]
+    assert [r["class"] for r in got[0][:2]] == ["NONE", "ANY"]
+    # mDNS: cache-flush bits, every section
+    flushes = sum(x == "1" for r in tshark_rows(data / REAL_SECTIONS[1], "dns.resp.cache_flush")
+                  for x in r[0].split(",") if x)
+    seen = sum(r["cache_flush"] for d in docs[REAL_SECTIONS[1]] for k in ("answers", "authority", "additional")
+               for r in d.get("dns_detector", {}).get("dns", {}).get(k, []))
+    assert flushes == 30 and seen == flushes
+    # EDNS options, code by code, message by message
+    want_opts = sorted(r[0] for r in tshark_rows(data / REAL_SECTIONS[2], "dns.opt.code") if r[0])
+    got_opts = sorted(",".join(str(o["code"]) for o in d["dns_detector"]["edns"]["options"])
+                      for d in docs[REAL_SECTIONS[2]] if d.get("dns_detector", {}).get("edns", {}).get("options"))
+    assert got_opts == want_opts
+    print("\nreal sections:", t.line("ecs+ocsf"))
