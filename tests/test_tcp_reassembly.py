@@ -293,3 +293,38 @@ def test_a_segment_cut_by_the_snap_length_gives_its_message_and_the_stream_goes_
     assert [(e.qname, e.malformed) for e in evs] == [("cut.example.com", "truncated_record"),
                                                      ("next.example.com", "")]
     assert dec.tcp.cut_messages == 1 and dec.stats["tcp_gaps"] == 0
+
+
+def test_a_hole_acknowledged_before_its_data_resumes_at_once_and_reads_late_bytes_once(tmp_path):
+    """The capture writes the server's ACK before the client segment it acknowledges
+    (capture order, not the network's): the data after the hole starts a message,
+    so the stream resumes there at once; the lost segment then comes, twice, and
+    its message is decoded once. A hole that ends inside a message waits out the
+    ACK grace instead (a prefix sent alone would otherwise be lost)."""
+    msgs = [framed(i, f"m{i}.example.com") for i in range(4)]
+    frames = handshake()
+    seq, starts = 1001, []
+    for m in msgs:
+        starts.append(seq)
+        seq += len(m)
+    ack = lambda n: seg(7001, flags=ACK, sport=53, dport=40000, src=S, dst=C, ack=n)  # noqa: E731
+    frames += [seg(starts[0], msgs[0]), ack(starts[2]), seg(starts[2], msgs[2]),
+               seg(starts[1], msgs[1]), seg(starts[1], msgs[1]), seg(starts[3], msgs[3])]
+    path = tmp_path / "late.pcap"
+    write(path, frames)  # 1 ms apart: well inside the ACK grace
+    dec = PacketDecoder()
+    got = []
+    for ts, lt, fr in PcapReader(str(path)):
+        got.append([e.qname for e in dec.frame(ts, lt, fr)])
+    assert got[3:] == [["m0.example.com"], [], ["m2.example.com"], ["m1.example.com"], [],
+                       ["m3.example.com"]]
+    c = dec.tcp.counters()
+    assert c["tcp_gaps"] == 1 and c["tcp_late_segments"] == 1 and c["tcp_retransmitted"] == 1
+    assert tshark(path) == ["m0.example.com", "m1.example.com", "m2.example.com", "m3.example.com"]
+    # the hole ends inside a message (its prefix was lost): no resync before the grace
+    b = framed(9, "b.example.com")
+    frames = handshake() + [seg(1001, msgs[0]), ack(1001 + len(msgs[0]) + 2 + len(b)),
+                            seg(1001 + len(msgs[0]) + 2, b[2:])]
+    write(path, frames)
+    names, dec = ours(path)
+    assert names == ["m0.example.com"] and dec.tcp.counters()["tcp_resync_skipped_bytes"] == len(b) - 2

@@ -27,6 +27,13 @@ connection is its own stream. The policy follows Linux (net/ipv4/tcp_input.c):
   direction captured, live capture), no progress for :data:`HOLE_TIMEOUT`
   seconds, or the capture ended (:meth:`flush_gaps`). Data planted ahead of the
   stream therefore never hides what follows: the real bytes fill the hole first.
+  An ACK past the hole gives it up after :data:`ACK_GRACE` (the capture may
+  write an ACK before the data it acknowledges), at once if the data held after
+  the hole starts a plausible message (:func:`plausible_prefix`). After a hole
+  the stream resumes at the next plausible length prefix, as dnscap does
+  (``tcp_gap_bytes`` lost in holes, ``tcp_resync_skipped_bytes`` of partial
+  messages dropped, ``resyncs``). Bytes of a hole given up that the capture
+  gives late are read on their own, once (``late_segments``).
 * **Bounds.** At most ``max_ooo`` out-of-order bytes per stream (beyond it the
   highest-sequence data is dropped first, as tcp_prune_ofo_queue does;
   ``tcp_ooo_dropped_bytes``), at most ``max_bytes`` held by all streams
@@ -54,8 +61,8 @@ connection is its own stream. The policy follows Linux (net/ipv4/tcp_input.c):
 Counters in ``stats`` (``tcp_*``) mean data not decoded; they go to the
 ``stats`` Counter given (the packet decoder's, so the replay summary and the
 metrics list them). The attributes ``retransmitted``, ``overlaps``,
-``resyncs``, ``expired``, ``syn_ignored``, ``rst_ignored`` and ``cut_messages``
-are bookkeeping; :meth:`counters` gives all of them, and the streams and bytes
+``resyncs``, ``expired``, ``syn_ignored``, ``rst_ignored``, ``cut_messages``
+and ``late_segments`` are bookkeeping; :meth:`counters` gives all of them, and the streams and bytes
 held now.
 """
 
@@ -78,21 +85,54 @@ _M32 = 0xFFFFFFFF
 
 
 def plausible_prefix(buf: bytes | bytearray, i: int) -> bool:
-    """Does a DNS message with a length prefix plausibly start at ``buf[i]``?"""
-    if i + 14 > len(buf):
+    """Does a DNS message with a length prefix plausibly start at ``buf[i]``?
+
+    The prefix leaves room for a header; the opcode is a standard one; the
+    section counts fit in that length (a question takes at least 5 bytes, a
+    record 11); at most 4 questions, none only in a response with answers (a
+    zone transfer's later messages); and the first question's name, as far as
+    its bytes are there, is plain labels (under 64 bytes, no pointer: nothing
+    precedes it to point at) ending inside the message with room for its type
+    and class. Used where a stream must find a message start: joined
+    mid-stream, after a hole, after a cut message."""
+    n = len(buf)
+    if i + 14 > n:
         return False
     ln = (buf[i] << 8) | buf[i + 1]
     if ln < 12:
         return False
-    qd = (buf[i + 6] << 8) | buf[i + 7]
-    opcode = (buf[i + 4] >> 3) & 0xF
-    return qd <= 4 and opcode in (0, 1, 2, 4, 5, 6) and ((buf[i + 8] << 8) | buf[i + 9]) < 512
+    h = i + 2
+    if (buf[h + 2] >> 3) & 0xF not in (0, 1, 2, 4, 5, 6):
+        return False
+    qd = (buf[h + 4] << 8) | buf[h + 5]
+    if qd > 4:
+        return False
+    an = (buf[h + 6] << 8) | buf[h + 7]
+    if 12 + 5 * qd + 11 * (an + ((buf[h + 8] << 8) | buf[h + 9])
+                           + ((buf[h + 10] << 8) | buf[h + 11])) > ln:
+        return False
+    if not qd and not (buf[h + 2] & 0x80 and an):  # no question: only a response with answers
+        return False  # (a zone transfer goes on so); a header shifted by 2 looks like this
+    if qd:
+        end = h + ln  # the message's end
+        p = h + 12
+        stop = min(n, end)
+        while p < stop:
+            c = buf[p]
+            if c == 0:
+                return p + 5 <= end
+            if c >= 64:
+                return False
+            p += c + 1
+        if p >= end:  # a label runs past the message
+            return False
+    return True
 
 
 class _Stream:
     __slots__ = ("nxt", "buf", "ooo", "keys", "ooo_bytes", "synced", "scan", "last_ts",
                  "stall_ts", "acks_seen", "acked", "ack_ts", "anchored", "dead", "fin", "held",
-                 "last_data", "skip")
+                 "last_data", "skip", "gap_lo", "gap_hi", "late", "late_nxt", "late_sync")
 
     def __init__(self, nxt: int, synced: bool, ts: float) -> None:
         self.nxt = nxt  # next expected byte, unwrapped (grows past 2**32)
@@ -113,6 +153,10 @@ class _Stream:
         self.held = 0  # bytes counted in the reassembler's held_bytes
         self.last_data = ts  # last segment with payload
         self.skip = 0  # bytes to drop before the next message (after a cut message)
+        self.gap_lo = self.gap_hi = -1  # the last hole given up: [gap_lo, gap_hi)
+        self.late = bytearray()  # bytes of that hole come late (capture order), in order
+        self.late_nxt = -1  # next byte of the hole expected late
+        self.late_sync = False  # late bytes start at a message boundary
 
     def unwrap(self, seq: int) -> int:
         d = (seq - self.nxt) & _M32
@@ -140,6 +184,7 @@ class TcpDnsReassembler:
         self.syn_ignored = 0  # SYNs on a stream that carried data recently (RFC 5961)
         self.rst_ignored = 0  # RSTs not at rcv_nxt (RFC 5961)
         self.cut_messages = 0  # messages given short: the capture cut their segment
+        self.late_segments = 0  # segments inside a hole given up, read on their own (_late)
         #: set by segment(): its last message is one the capture cut (given short)
         self.cut_tail = False
 
@@ -158,7 +203,7 @@ class TcpDnsReassembler:
         d.update(tcp_retransmitted=self.retransmitted, tcp_overlaps=self.overlaps,
                  tcp_resyncs=self.resyncs, tcp_streams_expired=self.expired,
                  tcp_syn_ignored=self.syn_ignored, tcp_rst_ignored=self.rst_ignored,
-                 tcp_cut_messages=self.cut_messages,
+                 tcp_cut_messages=self.cut_messages, tcp_late_segments=self.late_segments,
                  tcp_streams=len(self.fresh) + len(self.streams), tcp_held_bytes=self.held_bytes)
         return d
 
@@ -221,6 +266,8 @@ class TcpDnsReassembler:
             if st.ooo:
                 self._if_due(st, ts, out)
             self._add(key, st, st.unwrap(seq), payload, out, cut)
+            if st.ooo and st.acks_seen:  # held data the receiver already acknowledged
+                self._if_due(st, ts, out)
         if flags & FIN and not st.dead:
             end = st.unwrap(seq) + len(payload) + cut
             if st.nxt <= end < st.nxt + WINDOW:
@@ -254,10 +301,33 @@ class TcpDnsReassembler:
     def _if_due(self, st: _Stream, now: float, out: list[bytes]) -> None:
         """Give up the hole if the capture must have lost its bytes."""
         if st.acks_seen:
-            if st.acked > st.nxt and now - st.ack_ts > ACK_GRACE:
+            if st.acked > st.nxt and (now - st.ack_ts > ACK_GRACE or self._resumes(st)):
                 self._give_up_hole(st, st.acked, out)
         elif now - st.stall_ts > HOLE_TIMEOUT:
             self._give_up_hole(st, None, out)
+
+    @staticmethod
+    def _resumes(st: _Stream) -> bool:
+        """The data held after the hole starts a message, and the receiver has
+        acknowledged up to it: nothing is gained by waiting out the ACK grace
+        (a late copy of the hole's bytes is still read, see _late)."""
+        keys, ooo = st.keys, st.ooo
+        first = keys[0]
+        if first > st.acked:
+            return False
+        head = ooo[first]
+        end = first + len(head)
+        if len(head) < 512:  # a prefix sent on its own: look at the contiguous bytes
+            parts = [head]
+            for k in keys[1:8]:
+                if k > end:
+                    break
+                p = ooo[k]
+                if k + len(p) > end:
+                    parts.append(p[end - k:])
+                    end = k + len(p)
+            head = b"".join(parts)
+        return plausible_prefix(head, 0)
 
     def expire(self, now: float) -> list[tuple[Hashable, float, bytes]]:
         """Give up holes older than HOLE_TIMEOUT in streams without ACKs, forget
@@ -324,7 +394,7 @@ class TcpDnsReassembler:
 
     def _account(self, key: Hashable, st: _Stream) -> None:
         """Update the bytes held; over max_bytes, the longest-waiting holders lose theirs."""
-        held = len(st.buf) + st.ooo_bytes
+        held = len(st.buf) + st.ooo_bytes + len(st.late)
         if held != st.held:
             self.held_bytes += held - st.held
             st.held = held
@@ -338,6 +408,8 @@ class TcpDnsReassembler:
             self.held_bytes -= victim.held
             victim.held = 0
             victim.buf.clear()
+            victim.late.clear()
+            victim.late_nxt = victim.gap_hi
             victim.scan = 0
             if victim.ooo:  # the data after the hole is gone too: skip to after it
                 last = victim.keys[-1]
@@ -351,7 +423,10 @@ class TcpDnsReassembler:
              cut: int = 0) -> None:
         end = a + len(payload)
         if end <= st.nxt:
-            self.retransmitted += 1
+            if st.gap_lo <= a < st.gap_hi and end > st.late_nxt:
+                self._late(st, a, payload, out)  # bytes of a hole given up, come after all
+            else:
+                self.retransmitted += 1
             return
         if a >= st.nxt + WINDOW:
             if not st.anchored and plausible_prefix(payload, 0):
@@ -400,6 +475,41 @@ class TcpDnsReassembler:
                 return
         buf.clear()
         st.synced, st.scan, st.skip = False, 0, 0
+
+    def _late(self, st: _Stream, a: int, payload: bytes, out: list[bytes]) -> None:
+        """Bytes of a hole already given up, given late by the capture (it wrote an
+        ACK before the data it acknowledged): read in order on their own, from the
+        hole's start if that was a message boundary, else from a segment that
+        starts a message; their whole messages are given, once."""
+        if a > st.late_nxt:  # a hole inside the hole: only a message start resumes
+            if not plausible_prefix(payload, 0):
+                self.retransmitted += 1
+                return
+            st.late.clear()
+            st.late_nxt, st.late_sync = a, True
+        payload = payload[st.late_nxt - a:st.gap_hi - a]
+        if not st.late and not st.late_sync:
+            if not plausible_prefix(payload, 0):
+                self.retransmitted += 1
+                return
+            st.late_sync = True
+        self.late_segments += 1
+        late = st.late
+        late += payload
+        st.late_nxt += len(payload)
+        pos, n = 0, len(late)
+        while n - pos >= 2:
+            ln = (late[pos] << 8) | late[pos + 1]
+            if ln < 12:  # not a message start after all
+                pos, st.late_nxt = n, st.gap_hi
+                break
+            if n - pos - 2 < ln:
+                break
+            out.append(bytes(late[pos + 2:pos + 2 + ln]))
+            pos += 2 + ln
+        del late[:pos]
+        if st.late_nxt >= st.gap_hi:  # the rest of the message lay after the hole: gone
+            late.clear()
 
     def _hold(self, st: _Stream, a: int, payload: bytes) -> None:
         """Queue an out-of-order segment as tcp_data_queue_ofo does."""
@@ -451,21 +561,28 @@ class TcpDnsReassembler:
             first = st.keys[0]
             target = first if upto is None else min(first, upto)
             if target > st.nxt:
-                self.stats["tcp_gaps"] += 1
-                if st.buf:
-                    st.buf.clear()
-                st.synced = False
-                st.scan = 0
-                st.nxt = target
+                self._skip_to(st, target)
             st.stall_ts = st.last_ts
             self._drain(st)
             self._extract(None, st, out)
             if upto is None or st.dead:
                 break
         if upto is not None and st.nxt < upto and not st.ooo:
-            self.stats["tcp_gaps"] += 1
+            self._skip_to(st, upto)
+
+    def _skip_to(self, st: _Stream, target: int) -> None:
+        """Jump over a hole to ``target``: the partial message before it is dropped,
+        and the stream looks for the next message start (_extract). The hole is
+        remembered, for its bytes the capture may yet give late (_late)."""
+        self.stats["tcp_gaps"] += 1
+        self.stats["tcp_gap_bytes"] += target - st.nxt
+        st.late_sync = st.synced and not st.buf and not st.skip  # the hole starts a message
+        if st.buf:
+            self.stats["tcp_resync_skipped_bytes"] += len(st.buf)
             st.buf.clear()
-            st.synced, st.scan, st.nxt = False, 0, upto
+        st.late.clear()
+        st.gap_lo, st.gap_hi, st.late_nxt = st.nxt, target, st.nxt
+        st.synced, st.scan, st.skip, st.nxt = False, 0, 0, target
 
     def _extract(self, key: Hashable | None, st: _Stream, out: list[bytes]) -> None:
         buf = st.buf
@@ -489,6 +606,7 @@ class TcpDnsReassembler:
                 return
             if i:
                 self.resyncs += 1
+                self.stats["tcp_resync_skipped_bytes"] += i
                 del buf[:i]
             st.synced = True
             st.scan = 0
