@@ -1,4 +1,5 @@
-"""Frames to DNS events: link layer, IPv4/IPv6 (extension headers, fragments),
+"""Frames to DNS events: link layer (Ethernet, Linux cooked, raw IP, loopback,
+PPP, 802.11, FDDI, ARCnet, NFLOG, PKTAP, PPI), IPv4/IPv6 (extension headers, fragments),
 UDP and TCP, and the common encapsulations (802.1Q/QinQ, GRE, ERSPAN, VXLAN,
 Geneve, Teredo, IP-in-IP).
 
@@ -28,7 +29,10 @@ from detector.events import DnsEvent
 LT_NULL, LT_ETHERNET, LT_PPP, LT_RAW, LT_RAW_OLD, LT_RAW_OLD2 = 0, 1, 9, 101, 12, 14
 LT_PPP_HDLC, LT_LOOP, LT_SLL, LT_IPV4, LT_IPV6, LT_SLL2 = 50, 108, 113, 228, 229, 276
 LT_80211, LT_RADIOTAP, LT_PKTAP = 105, 127, 258
+LT_FDDI, LT_ARCNET_LINUX, LT_USER2, LT_PPI, LT_NFLOG = 10, 129, 149, 192, 239
 SUPPORTED_LINKTYPES = {
+    LT_FDDI: "FDDI", LT_ARCNET_LINUX: "ARCnet (Linux)", LT_USER2: "Apple PKTAP (DLT_USER2)",
+    LT_PPI: "PPI (per-packet information)", LT_NFLOG: "Linux NFLOG",
     LT_NULL: "BSD loopback", LT_ETHERNET: "Ethernet", LT_PPP: "PPP", LT_RAW: "raw IP",
     LT_RAW_OLD: "raw IP", LT_RAW_OLD2: "raw IP", LT_PPP_HDLC: "PPP in HDLC framing",
     LT_LOOP: "OpenBSD loopback", LT_SLL: "Linux cooked (SLL)", LT_IPV4: "raw IPv4",
@@ -183,12 +187,29 @@ class PacketDecoder:
                 self._wlan(ts, data, data[2] | (data[3] << 8), out)
             elif linktype == LT_80211:
                 self._wlan(ts, data, 0, out)
-            elif linktype == LT_PKTAP:
+            elif linktype == LT_PKTAP or linktype == LT_USER2:
+                # Apple PKTAP (macOS wrote it as DLT_USER2 before 258 was assigned):
+                # header length and the inner link type, little-endian, first
                 hlen, inner = struct.unpack_from("<II", data, 0)
-                if inner == LT_PKTAP or hlen < 8:
+                if inner in (LT_PKTAP, LT_USER2, LT_PPI) or hlen < 8 or hlen > len(data):
                     self.stats["truncated_packet"] += 1
                 else:
                     return self._inner(ts, inner, data[hlen:], out)
+            elif linktype == LT_PPI:
+                # PPI: version, flags, header length and the inner link type (little-endian)
+                hlen, inner = struct.unpack_from("<HI", data, 2)
+                if inner in (LT_PKTAP, LT_USER2, LT_PPI) or hlen < 8 or hlen > len(data):
+                    self.stats["truncated_packet"] += 1
+                else:
+                    return self._inner(ts, inner, data[hlen:], out)
+            elif linktype == LT_FDDI:
+                # frame control and two addresses (13 bytes; 16 where the capturing
+                # system pads the header, as NetBSD and Ultrix did), then 802.2 LLC
+                self._llc(ts, data, 16 if data[13] != 0xAA and data[16] == 0xAA else 13, out)
+            elif linktype == LT_ARCNET_LINUX:
+                self._arcnet(ts, data, out)
+            elif linktype == LT_NFLOG:
+                self._nflog(ts, data, out)
             else:
                 self.unknown_linktypes[linktype] += 1
                 self.stats["unknown_linktype"] += 1
@@ -223,6 +244,53 @@ class PacketDecoder:
             self._ethertype(ts, (d[p + 6] << 8) | d[p + 7], d, p + 8, out, 0)
         else:
             self.stats["not_ip"] += 1
+
+    def _llc(self, ts: float, d: bytes, off: int, out: list) -> None:
+        """802.2 LLC: only SNAP (AA AA 03, an OUI, an EtherType) carries IP here."""
+        if d[off] == 0xAA and d[off + 1] == 0xAA and d[off + 2] == 0x03:
+            self._ethertype(ts, (d[off + 6] << 8) | d[off + 7], d, off + 8, out, 0)
+        else:
+            self.stats["not_ip"] += 1
+
+    def _arcnet(self, ts: float, d: bytes, out: list) -> None:
+        """Linux ARCnet: source, destination, a 2-byte offset, the protocol ID; the
+        RFC 1201 protocols then have a split flag and a sequence number (8 bytes in
+        all), the old RFC 1051 ones do not (5), as tcpdump reads it."""
+        proto = d[4]
+        if proto in (0xF0, 0xF1):  # RFC 1051 IP, ARP
+            off = 5
+        else:
+            off = 8
+            if d[5] == 0xFF:  # an exception packet: 4 more bytes (flag, padding, flag)
+                off += 4
+        if proto in (0xD4, 0xF0, 0xC4):  # IP, old IP, IPv6
+            self._ip(ts, d, off, out, 0)
+        else:
+            self.stats["not_ip"] += 1
+
+    def _nflog(self, ts: float, d: bytes, out: list) -> None:
+        """Linux NFLOG: family, version, resource ID, then TLVs (length and type in
+        the byte order of the host that captured: little-endian first, big-endian
+        if that does not parse), each padded to 4 bytes; NFULA_PAYLOAD (9) holds
+        the IP packet."""
+        if d[0] not in (2, 10):  # AF_INET, AF_INET6
+            self.stats["not_ip"] += 1
+            return
+        n = len(d)
+        for fmt in ("<HH", ">HH"):
+            p = 4
+            while p + 4 <= n:
+                tlen, ttype = struct.unpack_from(fmt, d, p)
+                if tlen < 4 or p + tlen > n:
+                    break
+                if ttype & 0x7FFF == 9:
+                    self._ip(ts, d[:p + tlen], p + 4, out, 0)
+                    return
+                p += (tlen + 3) & ~3
+            else:
+                self.stats["not_ip"] += 1  # every TLV parsed, no payload
+                return
+        self.stats["truncated_packet"] += 1
 
     def flush(self) -> list[DnsEvent]:
         """End of input: emit DNS messages held behind TCP holes (in a stream whose
