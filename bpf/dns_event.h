@@ -12,6 +12,9 @@
 #define DNS_HDR_LEN 12       /* a UDP payload shorter than a DNS header is no DNS message */
 #define TASK_COMM_LEN 16
 #define RING_PAGES 8192      /* ring buffer: 32 MiB; records are variable length (~200 bytes) */
+#ifndef DNS_ANY_PORT
+#define DNS_ANY_PORT 1       /* DNS on any UDP port, recognized by content (the loader may pass -DDNS_ANY_PORT=0) */
+#endif
 
 enum dns_kind { KIND_PACKET = 0, KIND_CONNECT = 1 };
 enum dns_dir { DIR_EGRESS = 0, DIR_INGRESS = 1 };
@@ -60,16 +63,23 @@ enum dns_counter {
     C_SHORT = 1,    /* UDP payload shorter than a DNS header: not sent */
     C_SAMPLED = 2,  /* shed by sampling (control[0] > 0): not sent */
     C_SENT = 3,     /* records written to the ring buffer */
-    C_MAX = 4,
+    C_CONTENT_SEEN = 4, /* UDP payloads on other ports the content check examined (dns_skb.c) */
+    C_CONTENT_DNS = 5,  /* ... and took for DNS: sent like any DNS packet */
+    C_MAX = 6,
 };
 
 BPF_TABLE("lru_hash", u64, struct owner, owners, 65536);
+/* owners of UDP sockets that talk to other ports (DNS_ANY_PORT): a message found
+ * there by content is joined to its process. A map of its own, so ordinary UDP
+ * traffic never evicts the owners of DNS-port sockets. */
+BPF_TABLE("lru_hash", u64, struct owner, udp_owners, 32768);
 /* ports to watch, host byte order -> PORT_DNS (DNS: copy packets) and/or
  * PORT_CONN (853 DoT/DoQ: report connects) */
 BPF_HASH(ports, u16, u8, 64);
 #define PORT_DNS 1
 #define PORT_CONN 2
 BPF_RINGBUF_OUTPUT(events, RING_PAGES);
+
 BPF_PERCPU_ARRAY(counters, u64, C_MAX);
 /* control[0]: shed level, 0..1023: UDP messages whose exchange hash falls below it
  * (out of 1024) are not sent. 0 = send everything. Set by user space under overload. */

@@ -10,7 +10,20 @@
  * tax every read and write on the host.
  *
  * Filtering stays in the kernel, so user space sees only what it needs:
- * - only packets to or from a port in the ports map (PORT_DNS);
+ * - packets to or from a port in the ports map (PORT_DNS);
+ * - and UDP payloads on any other port that carry a DNS message, recognized by
+ *   content (looks_like_dns below; DNS_ANY_PORT, on unless the loader sets it
+ *   to 0): DNS on a non-standard port is itself a finding (T1571), and a
+ *   tunnel or C2 channel on port 8053 or 5354 must not escape the sensor.
+ *   The check is cheap and rejects early: mDNS and LLMNR ports (5353, 5355)
+ *   are left out unless listed, then the 12-byte header must be sane (opcode
+ *   QUERY, NOTIFY or UPDATE, the Z bit clear, 1..4 questions, bounded record
+ *   counts that fit in the payload, no answers in a plain query), and only
+ *   then the first question is walked: labels of 1..63 bytes ending in the
+ *   root within the payload and DNS_MAX_LABELS labels, a non-zero type and a
+ *   known class. Random bytes and other protocols fail the header almost
+ *   always. Counted: C_CONTENT_SEEN (examined), C_CONTENT_DNS (accepted).
+ *   TCP on other ports is not examined (its messages span segments);
  * - no payload (TCP handshakes, ACKs): nothing sent;
  * - a UDP payload shorter than a DNS header (12 bytes): counted (C_SHORT), not sent;
  * - on loopback a packet crosses egress (sender) and ingress (receiver); only
@@ -26,7 +39,7 @@
  * bpf_skb_load_bytes, which also reads non-linear TCP data) into a per-CPU
  * scratch record and written to the ring buffer with its real length
  * (bpf_ringbuf_output): ~200 bytes for a typical message, not 2 KiB.
- * Counters are per-CPU (C_LOST, C_SHORT, C_SAMPLED, C_SENT). Always returns 1:
+ * Counters are per-CPU (C_LOST, C_SHORT, C_SAMPLED, C_SENT, C_CONTENT_*). Always returns 1:
  * packets are observed, never dropped.
  */
 #include <uapi/linux/if_ether.h>
@@ -38,6 +51,11 @@
 #include "dns_event.h"
 
 #define LOOPBACK_IFINDEX 1
+#define DNS_MAX_LABELS 40  /* labels the content check walks: a longer first name is not taken for DNS */
+#define DNS_MIN_QUESTION 5 /* the root name (1 byte), type and class */
+#define DNS_MIN_RR 11      /* the root name, type, class, TTL, rdlength */
+#define PORT_MDNS 5353
+#define PORT_LLMNR 5355
 
 /* one record being built, per CPU (too big for the 512-byte BPF stack) */
 BPF_PERCPU_ARRAY(scratch, struct dns_event, 1);
@@ -62,6 +80,60 @@ static __always_inline u32 exchange_hash(u16 id, u16 sport, u16 dport, const u8 
         h *= 0x9E3779B1u;
     }
     return h >> 22; /* 0..1023 */
+}
+
+/* Does this UDP payload (plen bytes at off) hold a DNS message? Sets *qr to its
+ * QR bit. Cheapest tests first: one 12-byte load and a few compares reject
+ * nearly every non-DNS packet; the question is walked only after that. */
+static __always_inline int looks_like_dns(struct __sk_buff *skb, u32 off, u32 plen, u8 *qr)
+{
+    struct { u16 id, flags, qd, an, ns, ar; } h;
+    if (plen < DNS_HDR_LEN + DNS_MIN_QUESTION)
+        return 0;
+    if (bpf_skb_load_bytes(skb, off, &h, sizeof(h)) < 0)
+        return 0;
+    u16 fl = bpf_ntohs(h.flags);
+    u32 qd = bpf_ntohs(h.qd), an = bpf_ntohs(h.an), ns = bpf_ntohs(h.ns), ar = bpf_ntohs(h.ar);
+    u8 opcode = (fl >> 11) & 0xF;
+    u8 response = fl >> 15;
+    if (opcode != 0 && opcode != 4 && opcode != 5) /* QUERY, NOTIFY, UPDATE */
+        return 0;
+    if (fl & 0x0040) /* the Z bit: always 0 */
+        return 0;
+    if ((fl & 0xF) > 10) /* rcodes in the header: NOERROR..NOTZONE */
+        return 0;
+    if (qd < 1 || qd > 4 || an > 256 || ns > 64 || ar > 64)
+        return 0;
+    if (!response && ((fl & 0xF) || (opcode == 0 && (an || ns)) || ar > 2))
+        return 0; /* a query: no rcode, no answers (but UPDATE, NOTIFY), EDNS and a TSIG at most */
+    if ((an + ns + ar) * DNS_MIN_RR + qd * DNS_MIN_QUESTION + DNS_HDR_LEN > plen)
+        return 0; /* the counts do not fit in the payload */
+    u32 pos = DNS_HDR_LEN;
+    u32 end = plen < DNS_MAX_PAYLOAD ? plen : DNS_MAX_PAYLOAD;
+    u32 nlen = 0;
+#pragma unroll
+    for (int i = 0; i < DNS_MAX_LABELS; i++) {
+        u8 l;
+        if (pos >= end || bpf_skb_load_bytes(skb, off + pos, &l, 1) < 0)
+            return 0;
+        if (l == 0) {
+            u16 tc[2];
+            if (pos + 5 > end || bpf_skb_load_bytes(skb, off + pos + 1, tc, 4) < 0)
+                return 0;
+            u16 qtype = bpf_ntohs(tc[0]), qclass = bpf_ntohs(tc[1]) & 0x7FFF; /* without mDNS's QU bit */
+            if (qtype == 0 || !(qclass == 1 || qclass == 3 || qclass == 4 || qclass == 254 || qclass == 255))
+                return 0;
+            *qr = response;
+            return 1;
+        }
+        if (l > 63) /* a compression pointer cannot start the first name; 64..191 are no lengths */
+            return 0;
+        nlen += l + 1;
+        if (nlen > 254)
+            return 0;
+        pos += l + 1;
+    }
+    return 0;
 }
 
 static __always_inline int handle(struct __sk_buff *skb, u8 dir)
@@ -122,16 +194,28 @@ static __always_inline int handle(struct __sk_buff *skb, u8 dir)
     u8 *ks = ports.lookup(&sport);
     u8 *kd = ports.lookup(&dport);
     u8 is_dns = (ks ? *ks : 0) | (kd ? *kd : 0);
-    if (!(is_dns & PORT_DNS))
-        return 1;
     if (skb->len <= off)
         return 1; /* no payload (TCP handshake, ACKs) */
     u32 plen = skb->len - off;
+    u8 query;
+    if (is_dns & PORT_DNS) {
+        query = kd && (*kd & PORT_DNS);
+    } else {
+        /* another port: DNS only when its content says so */
+        u8 qr = 0;
+        if (!DNS_ANY_PORT || proto != IPPROTO_UDP || sport == PORT_MDNS || dport == PORT_MDNS ||
+            sport == PORT_LLMNR || dport == PORT_LLMNR)
+            return 1;
+        skb_count(C_CONTENT_SEEN);
+        if (!looks_like_dns(skb, off, plen, &qr))
+            return 1;
+        skb_count(C_CONTENT_DNS);
+        query = !qr;
+    }
 
     u8 lo = skb->ifindex == LOOPBACK_IFINDEX;
     if (lo) {
         /* the server's side of a loopback exchange: seen on the client's */
-        u8 query = kd && (*kd & PORT_DNS);
         if (query ? dir != DIR_EGRESS : dir != DIR_INGRESS)
             return 1;
     }
@@ -141,6 +225,8 @@ static __always_inline int handle(struct __sk_buff *skb, u8 dir)
     }
     u64 cookie = bpf_get_socket_cookie(skb);
     struct owner *o = owners.lookup(&cookie);
+    if (!o && !(is_dns & PORT_DNS))
+        o = udp_owners.lookup(&cookie);
 
     if (proto == IPPROTO_UDP) {
         int k0 = 0;

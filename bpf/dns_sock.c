@@ -9,7 +9,10 @@
  * packets cross the cgroup skb hooks (dns_skb.c), they are not (a response is
  * received in softirq context). So this program records the owner of each
  * socket that talks to a DNS port, keyed by socket cookie, and dns_skb.c
- * joins packets to it. No kprobes, no kernel-internal structs: only the UAPI
+ * joins packets to it. With DNS_ANY_PORT it also records the owner of every
+ * UDP socket that talks to another port (udp_owners; looked up first, written
+ * only when new or another process took the socket over), since dns_skb.c may
+ * find DNS in its packets by content. No kprobes, no kernel-internal structs: only the UAPI
  * struct bpf_sock_addr.
  *
  * Every program returns 1 (allow): returning 0 would make connect() and
@@ -41,8 +44,19 @@ static __always_inline int record(struct bpf_sock_addr *ctx, int family, int is_
 {
     u16 port = bpf_ntohs((u16)ctx->user_port);
     u8 *kind = ports.lookup(&port);
-    if (!kind)
+    if (!kind) {
+        if (DNS_ANY_PORT && ctx->type == 2 /* SOCK_DGRAM */) {
+            u64 cookie = bpf_get_socket_cookie(ctx);
+            u32 pid = bpf_get_current_pid_tgid() >> 32;
+            struct owner *known = udp_owners.lookup(&cookie);
+            if (!known || known->pid != pid) {
+                struct owner o = {};
+                fill_owner(&o);
+                udp_owners.update(&cookie, &o);
+            }
+        }
         return 1;
+    }
     u8 what = *kind;
     u64 cookie = bpf_get_socket_cookie(ctx);
     struct owner o = {};

@@ -85,7 +85,7 @@ SHED_MAX = 1008  # shed level ceiling (of 1024): at least 1.5% of exchanges are 
 SHED_STEP_DOWN = 32  # shed level decrease per quiet interval (back to 0 in ~3 s)
 OVERLOAD_EVERY = 10.0  # seconds between sensor-overload findings while shedding goes on
 OVERLOAD_RULE = "sensor-overload"
-C_LOST, C_SHORT, C_SAMPLED, C_SENT, C_MAX = range(5)  # enum dns_counter in bpf/dns_event.h
+C_LOST, C_SHORT, C_SAMPLED, C_SENT, C_CONTENT_SEEN, C_CONTENT_DNS, C_MAX = range(7)  # enum dns_counter
 
 # --- struct dns_event (bpf/dns_event.h), mirrored exactly: (field, struct code) -------
 _FIELDS = (
@@ -255,7 +255,9 @@ class LiveCapture:
     def __init__(self, ports: frozenset[int] | set[int] = frozenset({53}),
                  conn_ports: tuple[int, ...] = CONN_PORTS,
                  on_overload: Callable[[Finding], None] | None = None,
-                 drop_privileges: bool = False) -> None:
+                 drop_privileges: bool = False, any_port: bool = True) -> None:
+        """``any_port``: also take UDP payloads on other ports that hold a DNS message
+        (recognized by content in bpf/dns_skb.c); False watches ``ports`` only."""
         check_requirements()
         from bcc import BPF, BPFAttachType
 
@@ -267,7 +269,8 @@ class LiveCapture:
         self._reader: threading.Thread | None = None
         text = "".join((BPF_DIR / s).read_text() for s in SOURCES)
         try:
-            self.b = BPF(text=text, cflags=[f"-I{BPF_DIR}", "-Wno-unused-value"])
+            self.b = BPF(text=text, cflags=[f"-I{BPF_DIR}", "-Wno-unused-value",
+                                            f"-DDNS_ANY_PORT={1 if any_port else 0}"])
         except Exception as e:  # compile error: headers or BCC broken
             raise DetectorError(f"BPF programs in {BPF_DIR} did not compile: {_one_line(e)}",
                                 errors.NO_HEADERS,
@@ -341,7 +344,7 @@ class LiveCapture:
         self._stats = {"packets": 0, "dns_messages": 0, "parse_errors": 0, "truncated_copies": 0,
                       "connects": 0, "stub_linked": 0, "duplicate_copies": 0,
                       "short_payloads": 0, "sampled_out": 0, "ring_records": 0, "backlog": 0, "shed_backlog": 0, "shed_level": 0,
-                      "discarded_at_stop": 0}
+                      "discarded_at_stop": 0, "content_examined": 0, "content_dns": 0}
         # the last DUP_WINDOW seconds of messages, in two generations: identity -> (ts, event)
         self._dup_cur: dict = {}
         self._dup_prev: dict = {}
@@ -364,7 +367,8 @@ class LiveCapture:
 
     # --- counters ---------------------------------------------------------------
     def counters(self) -> list[int]:
-        """The kernel's per-CPU counters, summed: [lost, short, sampled, sent]."""
+        """The kernel's per-CPU counters, summed: [lost, short, sampled, sent, content
+        examined, content DNS] (enum dns_counter)."""
         if self._closed_counters is not None:
             return self._closed_counters
         out = []
@@ -397,6 +401,8 @@ class LiveCapture:
         st["shed_backlog"] = self._shed_backlog
         st["shed_level"] = self._shed_level
         st["ring_records"] = c[C_SENT]
+        st["content_examined"] = c[C_CONTENT_SEEN]  # UDP on other ports the kernel's content check looked at
+        st["content_dns"] = c[C_CONTENT_DNS]  # ... and took for DNS
         st["backlog"] = self._drained - self._parsed
         st.update(self.tcp.counters())  # reassembly: gaps, out-of-window, evictions, held bytes
         return c

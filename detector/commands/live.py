@@ -20,7 +20,10 @@ Capture DNS live with eBPF (BCC) and run the detection pipeline on it.
 Programs in bpf/ attach to the cgroup v2 root: cgroup sock_addr hooks name the
 process that owns each DNS socket (pid, tid, comm, uid, gid, cgroup id), and
 cgroup_skb hooks copy every DNS packet, both ways, UDP and TCP, IPv4 and IPv6,
-in every network namespace. exe and container id come from /proc. Needs root,
+in every network namespace. UDP on any other port is examined in the kernel
+too: a packet whose content is a DNS message is captured (and raises "DNS on a
+non-standard port"); --no-any-port turns that off. exe and container id come
+from /proc. Needs root,
 BCC (python3-bpfcc) and kernel headers; ./setup.sh installs them.
 Ctrl-C or SIGTERM detaches the programs and flushes every sink.
 
@@ -51,6 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--duration", type=float, metavar="SEC", help="stop after SEC seconds (default: run)")
     p.add_argument("--ports", type=port_list, default=frozenset({53}), metavar="P,P,...",
                    help="ports carrying DNS (default 53)")
+    p.add_argument("--no-any-port", dest="any_port", action="store_false",
+                   help="capture --ports only; do not look for DNS on other UDP ports by content")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary at the end")
     p.add_argument("--summary-json", metavar="FILE", help="also write the summary as JSON")
     p.add_argument("--publish-events", action="store_true",
@@ -64,14 +69,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from detector.capture.live import check_requirements
+    from detector.detect.nonstandard_port import expect_ports
     from detector.sources.live import LiveSource
 
     check_requirements()  # before building sinks: a clear error first
     rules = load_ruleset(args)
+    expect_ports(rules, args.ports)  # ports the operator says carry DNS are no non-standard port
     summary_file = open_summary(args)
     # load and attach first: the capture then drops its privileges (capture/privileges.py),
     # and capabilities are per thread, so no thread may start before (Kafka clients, metrics)
-    source = LiveSource(args.ports)
+    source = LiveSource(args.ports, any_port=args.any_port)
     try:
         outputs, lanes = prepare(args, rules=rules)
     except BaseException:
@@ -103,6 +110,9 @@ def run(args: argparse.Namespace) -> int:
         rows = [("time", f"{res.seconds:.1f} s"), ("DNS packets", f"{cs['packets']:,}"),
                 ("DNS messages", f"{cs['dns_messages']:,}"),
                 ("lost BPF events", f"{cs['lost_bpf_events']:,}"), ("DoT connects", cs["connects"])]
+        if args.any_port:
+            rows.append(("DNS found on other ports", f"{cs.get('content_dns', 0):,} of "
+                                                     f"{cs.get('content_examined', 0):,} UDP packets examined"))
         rows += [("rule off", f"{rid}: {why}") for rid, why in off.items()]
         shed = cs.get("sampled_out", 0) + cs.get("shed_backlog", 0)
         if shed:

@@ -20,12 +20,13 @@ class LiveSource(Source):
     unit = "messages"
 
     def __init__(self, ports: frozenset[int], interval: float = POLL_INTERVAL, *,
-                 drop_privileges: bool = True) -> None:
+                 drop_privileges: bool = True, any_port: bool = True) -> None:
         """Loads and attaches the programs, then (``drop_privileges``) keeps only what
-        the running sensor needs: see detector/capture/privileges.py."""
+        the running sensor needs: see detector/capture/privileges.py. ``any_port``:
+        DNS on other UDP ports too, recognized by content in the kernel."""
         from detector.capture.live import LiveCapture
 
-        self.cap = LiveCapture(ports=ports, drop_privileges=drop_privileges)
+        self.cap = LiveCapture(ports=ports, drop_privileges=drop_privileges, any_port=any_port)
         self.interval = interval
         self._closed = False
 
