@@ -50,10 +50,15 @@ def test_every_wire_field_round_trips_and_others_stay_home(data):
     # version 1 (one event a record) is still read, and equals the version 2 event
     one = json.loads(json.dumps(event_to_wire(evs[0])))
     # the keys version-1 consumers know: compatibility is kept
-    full = next(e for e in evs if e.answers and e.edns)
+    full = next(e for e in evs if e.answers and e.edns and e.authority and e.additional)
     full.process, full.latency, full.cause = evs[0].process, 0.5, {"pid": 1}
+    full.malformed = "bad_rdata"
+    # the keys version-1 consumers know, and the new ones (older readers ignore them)
     assert set(event_to_wire(full)) == {"v", "ts", "t", "ipv", "s", "d", "id", "f", "rc", "q", "c", "sz",
-                                        "k", "a", "e", "p", "lat", "cause"}
+                                        "k", "a", "e", "p", "lat", "cause", "ns", "ar", "m"}
+    # empty sections and no damage add no keys
+    plain = next(e for e in evs if not (e.authority or e.additional or e.malformed))
+    assert not {"ns", "ar", "m"} & set(event_to_wire(plain))
     assert one["v"] == 1 and event_from_wire(one) == back[0] == events_from_record(one)[0]
 
 

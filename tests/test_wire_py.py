@@ -166,3 +166,31 @@ def test_python_and_c_agree_on_a_mutation_corpus(data):
     for i in order[:1500]:
         assert outcome(wire.py_decode, mutants[i]) == outcome(wire.decode, mutants[i])
     assert {"compression_loop", "bad_pointer", "name_too_long", "truncated_record", "bad_label"} <= kinds
+
+
+@pytest.mark.parametrize("fn", [wire.py_decode, wire.decode], ids=["python", "c"])
+def test_a_damaged_question_ends_the_message_and_questions_kept_are_bounded(data, fn):
+    from test_wire_c import _Collect
+    from detector.capture.pcap import PcapReader
+
+    def first(name):
+        dec = _Collect()
+        for ts, lt, fr in PcapReader(str(data / "pcap" / "tcpdump_tests" / name)):
+            dec.frame(ts, lt, fr)
+        return dec.payloads[0]
+
+    # tcpdump's bad-label capture: the first question's name is over 255 bytes; what
+    # follows is not aligned any more, so it is not read as 335 more questions
+    ev = fn(first("dns-badlabel.pcap"), *ARGS)
+    assert ev.malformed == "name_too_long" and len(ev.questions) == 1
+    assert not ev.answers and not ev.authority and not ev.additional
+    # tcpdump's forward-pointer capture: one 63 KB packet, the same shape; before, it
+    # was read as 10,518 questions (8 MB of names)
+    ev = fn(first("dns_fwdptr.pcap"), *ARGS)
+    assert ev.malformed and len(ev.questions) == 1
+    # 100 well-formed questions: 64 kept (as records per section), the count stays true
+    msg = header(qd=100) + b"".join(label_name(b"q%d" % i, b"example", b"com") + b"\0\1\0\1"
+                                    for i in range(100))
+    ev = fn(msg, *ARGS)
+    assert len(ev.questions) == 64 and ev.questions[63].name == "q63.example.com" and not ev.malformed
+    assert len(fn(msg, *ARGS, 100).questions) == 100

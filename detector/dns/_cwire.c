@@ -432,14 +432,21 @@ static PyObject *decode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         unsigned qc = u16(b + off + 2);
         PyObject *qu = Py_False;
         if (mdns) { qu = qc & 0x8000 ? Py_True : Py_False; qc &= 0x7FFF; }
-        PyObject *qv[N_QUESTION] = {name, PyLong_FromLong(u16(b + off)), PyLong_FromLong(qc),
-                                    Py_NewRef(qu)};
-        PyObject *q = build(Question, kw_question, qv, N_QUESTION);
-        if (!q) goto fail;
+        if (PyList_GET_SIZE(questions) < max_answers) {
+            PyObject *qv[N_QUESTION] = {name, PyLong_FromLong(u16(b + off)), PyLong_FromLong(qc),
+                                        Py_NewRef(qu)};
+            PyObject *q = build(Question, kw_question, qv, N_QUESTION);
+            if (!q) goto fail;
+            int r = PyList_Append(questions, q);
+            Py_DECREF(q);
+            if (r < 0) goto fail;
+        } else {
+            Py_DECREF(name);
+        }
         off += 4;
-        int r = PyList_Append(questions, q);
-        Py_DECREF(q);
-        if (r < 0) goto fail;
+        /* a damaged question is kept, with its type and class; what follows it is read
+         * out of bytes no longer known to be aligned (tshark stops here too) */
+        if (bad) { off = -1; break; }
     }
     unsigned counts[3] = {an, ns, ar};
     for (int s = 0; s < 3 && off >= 0; s++) {

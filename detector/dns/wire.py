@@ -346,10 +346,16 @@ def decode(
             break
         qt, qc = _QT.unpack_from(buf, off)
         off += 4
-        if mdns:
-            questions.append(Question(name, qt, qc & 0x7FFF, qc > 0x7FFF))
-        else:
-            questions.append(Question(name, qt, qc))
+        if len(questions) < max_answers:
+            if mdns:
+                questions.append(Question(name, qt, qc & 0x7FFF, qc > 0x7FFF))
+            else:
+                questions.append(Question(name, qt, qc))
+        if bad:
+            # a damaged question is kept, with its type and class; what follows it is
+            # read out of bytes no longer known to be aligned (tshark stops here too)
+            off = -1
+            break
     if off >= 0 and (an or ns or ar):
         for section, count in ((0, an), (1, ns), (2, ar)):
             if not count:
