@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from detector.dns.names import under
 from detector.events import ConnEvent, DnsEvent
 
 SEVERITIES = ("low", "medium", "high", "critical")
@@ -45,15 +46,9 @@ class Allowlist:
         if not self.domains or not name:
             return False
         doms = self._set
-        n = name.lower().rstrip(".")
-        if n in doms:
-            return True
-        i = n.find(".")
-        while i >= 0:  # every parent name, one set lookup each
-            if n[i + 1:] in doms:
-                return True
-            i = n.find(".", i + 1)
-        return False
+        # the name or a parent, one set lookup each; a dot escaped in a label (as the
+        # decoder writes it: evil\\.google.com is one label under com) is not a parent's
+        return under(name.lower().rstrip("."), doms) is not None
 
     @property
     def _set(self) -> frozenset[str]:

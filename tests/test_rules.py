@@ -126,3 +126,19 @@ def test_two_rules_with_one_id_are_refused_naming_both_files(tmp_path):
     with pytest.raises(RuleError) as e:
         load_rules([tmp_path])
     assert str(e.value).startswith(f"{tmp_path / 'b.yaml'}:1: id: 'my-dga' is already used by {tmp_path / 'a.yaml'}")
+
+
+def test_an_escaped_dot_is_inside_a_label_not_a_parent():
+    """The decoder writes a dot inside a label as ``\\.`` (as dig does): the name
+    ``evil\\.google.com`` is one label, ``evil.google``, under ``com``. It is somebody's
+    registered domain, not google.com's, and an allowlist of google.com must not cover it."""
+    from detector.dns.names import split_domain
+    from detector.ruleset import Allowlist
+
+    allow = Allowlist(domains=("google.com",))
+    assert allow.covers_domain("www.google.com") and allow.covers_domain("google.com")
+    assert not allow.covers_domain("evil\\.google.com")
+    assert not allow.covers_domain("a.evil\\.google.com")
+    assert allow.covers_domain("a\\.b.google.com")  # a label "a.b" under google.com
+    assert split_domain("x.evil\\.google.com") == ("x", "evil\\.google.com", "com")
+    assert split_domain("a\\.b.example.co.uk") == ("a\\.b", "example.co.uk", "co.uk")

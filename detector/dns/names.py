@@ -78,6 +78,48 @@ def known_suffix(suffix: str) -> bool:
     return suffix in _RULES or suffix.partition(".")[2] in _WILD
 
 
+def labels_of(name: str) -> list[str]:
+    """The labels of a name in presentation form: split at dots, but not at an
+    escaped one (``a\\.b.example.com`` is the labels ``a\\.b``, ``example``, ``com``)."""
+    if "\\" not in name:
+        return name.split(".")
+    out, cur, i, n = [], [], 0, len(name)
+    while i < n:
+        c = name[i]
+        if c == "\\" and i + 1 < n:
+            cur.append(name[i:i + 2])
+            i += 2
+            continue
+        if c == ".":
+            out.append("".join(cur))
+            cur = []
+        else:
+            cur.append(c)
+        i += 1
+    out.append("".join(cur))
+    return out
+
+
+def _dots(name: str) -> list[int]:
+    """Offsets of the dots that separate labels (an escaped dot is inside a label)."""
+    if "\\" not in name:
+        out, i = [], name.find(".")
+        while i >= 0:
+            out.append(i)
+            i = name.find(".", i + 1)
+        return out
+    out, i, n = [], 0, len(name)
+    while i < n:
+        c = name[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == ".":
+            out.append(i)
+        i += 1
+    return out
+
+
 @lru_cache(maxsize=65536)
 def split_domain(name: str) -> tuple[str, str, str]:
     """Return (subdomain, registered_domain, suffix) for a DNS name.
@@ -93,7 +135,7 @@ def split_domain(name: str) -> tuple[str, str, str]:
         return "", "", ""
     if n.endswith(".in-addr.arpa") or n.endswith(".ip6.arpa"):
         return n, "in-addr.arpa" if n.endswith("in-addr.arpa") else "ip6.arpa", "arpa"
-    labels = n.split(".")
+    labels = labels_of(n)
     k = len(labels)
     d = suffix_depth(labels)
     if 0 < d < k:
@@ -114,6 +156,13 @@ def under(name: str, names: frozenset[str] | set[str], min_dots: int = 0) -> str
     """
     if name in names:
         return name
+    if "\\" in name:  # an escaped dot is inside a label: a\\.example.com is not under example.com
+        dots = _dots(name)
+        for j, i in enumerate(dots):
+            tail = name[i + 1:]
+            if tail in names and len(dots) - j - 1 >= min_dots:
+                return tail
+        return None
     i = name.find(".")
     while i >= 0:
         tail = name[i + 1:]
