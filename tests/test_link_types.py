@@ -109,3 +109,76 @@ def test_dlt_user2_is_read_as_apple_pktap(data, tmp_path):
     assert [(e[7], e[9]) for e in want] == [(0x4301, "in.m.yahoo.com")]
     assert events(path) == want
     assert tshark_ids(path) == tshark_ids(src) == ["0x4301"]
+
+
+# --- encapsulations: the IP packets of a real capture, tunnelled --------------------
+
+def outer(payload: bytes, proto: int, sport: int = 0, dport: int = 0) -> bytes:
+    """An Ethernet + IPv4 frame (UDP when ports are given) around a tunnelled packet."""
+    from detector.capture.pcapwrite import ETH4, ip4, udp
+
+    if proto == 17:
+        payload = udp(sport, dport, payload)
+    return ETH4 + ip4("192.0.2.1", "192.0.2.2", proto, payload)
+
+
+def pptp(ip: bytes, i: int) -> bytes:
+    # enhanced GRE (version 1): key (payload length, call ID), sequence and, every other
+    # packet, an acknowledgement; PPP with and without address/control and compression
+    ack = i % 2 == 0
+    ppp = (b"\xff\x03\x00\x21" if ip[0] >> 4 == 4 else b"\xff\x03\x00\x57") if ack else \
+        (b"\x21" if ip[0] >> 4 == 4 else b"\x57")
+    gre = struct.pack("!BBHHHI", 0x30, 0x81 if ack else 0x01, 0x880B, len(ppp) + len(ip), 7, i)
+    if ack:
+        gre += struct.pack("!I", i)
+    return outer(gre + ppp + ip, 47)
+
+
+def gtpu(ip: bytes, i: int) -> bytes:
+    if i % 2:  # plain G-PDU
+        hdr = struct.pack("!BBHI", 0x30, 0xFF, len(ip), 0x1234)
+    else:  # with a sequence number and a PDU session container extension (5G)
+        ext = bytes([1, 0x00, 0x09, 0])  # length 1 (4 bytes), QFI 9, no next extension
+        hdr = struct.pack("!BBHIHBB", 0x36, 0xFF, 4 + len(ext) + len(ip), 0x1234, i, 0, 0x85) + ext
+    return outer(hdr + ip, 17, 2152, 2152)
+
+
+def bcm_li(frame: bytes, i: int) -> bytes:
+    # direction ingress (3); packet type IPv4/IPv6 (5/6), or Ethernet (7) every third packet
+    ip = frame[14:]
+    kind = 7 if i % 3 == 0 else (5 if ip[0] >> 4 == 4 else 6)
+    shim = struct.pack("!I", (3 << 29) | (kind << 25) | (3 << 22) | 42)
+    return outer(shim + (frame if kind == 7 else ip), 17, 40000, 49152)
+
+
+@pytest.mark.parametrize("rel,least", [("pcap/dnscap_tests/dns.pcap", 80),
+                                       ("pcap/dnscap_tests/dns6.pcap", 2)], ids=["ipv4", "ipv6"])
+@pytest.mark.parametrize("wrap", [pptp, gtpu], ids=["pptp_gre_v1", "gtp_u"])
+def test_tunnels_give_what_the_plain_capture_gives_and_what_tshark_decodes(data, tmp_path, rel,
+                                                                             least, wrap):
+    src = data / rel
+    path = tmp_path / "tunnel.pcap"
+    write_pcap(path, 1, [(ts, wrap(ip, i)) for i, (ts, ip) in enumerate(ip_packets(src))])
+    want = events(src)
+    assert len(want) >= least
+    assert events(path) == want
+    assert tshark_ids(path) == tshark_ids(src)
+    total, agree, bad = compare(str(path))
+    assert total == agree >= least, bad
+
+
+def test_broadcom_li_shim_gives_the_intercepted_packets(data, tmp_path):
+    """Neither tshark 4.0 nor tcpdump 4.99 here reads Broadcom's LI shim (tcpdump's
+    print-bcm-li.c, UDP 49152, is newer): the oracle is the plain capture. A shim
+    with a direction or packet type outside the defined values is not followed."""
+    src = data / "pcap/dnscap_tests/dns.pcap"
+    frames = [(ts, bytes(fr)) for ts, _, fr in PcapReader(str(src)) if fr[12:14] == b"\x08\x00"]
+    path = tmp_path / "bcmli.pcap"
+    write_pcap(path, 1, [(ts, bcm_li(fr, i)) for i, (ts, fr) in enumerate(frames)])
+    want = events(src)
+    assert len(want) >= 80
+    assert events(path) == want
+    bad = [(ts, fr[:42] + bytes([0]) + fr[43:]) for ts, fr in
+           ((ts, bcm_li(fr, 1)) for ts, fr in frames)]  # direction 0: not a shim
+    write_pcap(path, 1, bad)
+    assert events(path) == []

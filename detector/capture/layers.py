@@ -1,7 +1,7 @@
 """Frames to DNS events: link layer (Ethernet, Linux cooked, raw IP, loopback,
 PPP, 802.11, FDDI, ARCnet, NFLOG, PKTAP, PPI), IPv4/IPv6 (extension headers, fragments),
-UDP and TCP, and the common encapsulations (802.1Q/QinQ, GRE, ERSPAN, VXLAN,
-Geneve, Teredo, IP-in-IP).
+UDP and TCP, and the common encapsulations (802.1Q/QinQ, PPPoE, GRE and PPTP's
+enhanced GRE, ERSPAN, VXLAN, Geneve, Teredo, GTP-U, Broadcom's LI shim, IP-in-IP).
 
 :class:`PacketDecoder` keeps the state that spans packets (IP fragments, TCP
 streams) and the counters the replay summary prints (``stats``; the TCP
@@ -50,7 +50,8 @@ _HH = struct.Struct("!HH")
 _TCP = struct.Struct("!HHIIBB")
 
 ETH_IP4, ETH_IP6, ETH_VLAN, ETH_QINQ, ETH_TEB = 0x0800, 0x86DD, 0x8100, 0x88A8, 0x6558
-ETH_ERSPAN2, ETH_ERSPAN3 = 0x88BE, 0x22EB
+ETH_ERSPAN2, ETH_ERSPAN3, ETH_PPP = 0x88BE, 0x22EB, 0x880B
+BCM_LI_PORT = 49152  # Broadcom LI shim over UDP
 MAX_DEPTH = 4  # nested encapsulations followed
 
 
@@ -177,12 +178,7 @@ class PacketDecoder:
                 else:
                     self.stats["not_ip"] += 1
             elif linktype in (LT_PPP, LT_PPP_HDLC):
-                off = 2 if data[0] == 0xFF and data[1] == 0x03 else 0
-                proto = _H.unpack_from(data, off)[0]
-                if proto in (0x0021, 0x0057):
-                    self._ip(ts, data, off + 2, out, 0)
-                else:
-                    self.stats["not_ip"] += 1
+                self._ppp(ts, data, 0, out, 0)
             elif linktype == LT_RADIOTAP:
                 self._wlan(ts, data, data[2] | (data[3] << 8), out)
             elif linktype == LT_80211:
@@ -315,13 +311,25 @@ class PacketDecoder:
         if et == ETH_IP4 or et == ETH_IP6:
             self._ip(ts, d, off, out, depth)
         elif et == 0x8864:  # PPPoE session: 6-byte header, then the PPP protocol
-            proto = (d[off + 6] << 8) | d[off + 7]
-            if proto in (0x0021, 0x0057):
-                self._ip(ts, d, off + 8, out, depth)
-            else:
-                self.stats["not_ip"] += 1
+            self._ppp(ts, d, off + 6, out, depth)
+        elif et == ETH_PPP:  # PPP in GRE (PPTP)
+            self._ppp(ts, d, off, out, depth)
         elif et == ETH_TEB and depth < MAX_DEPTH:
             self._ether(ts, d, off, out, depth + 1)
+        else:
+            self.stats["not_ip"] += 1
+
+    def _ppp(self, ts: float, d: bytes, off: int, out: list, depth: int) -> None:
+        """PPP: the address and control bytes (FF 03) when not compressed away, then
+        the protocol, one byte when compressed (odd first byte, RFC 1661)."""
+        if d[off] == 0xFF and d[off + 1] == 0x03:
+            off += 2
+        if d[off] & 1:
+            proto, off = d[off], off + 1
+        else:
+            proto, off = (d[off] << 8) | d[off + 1], off + 2
+        if proto in (0x21, 0x57):  # IPv4, IPv6
+            self._ip(ts, d, off, out, depth)
         else:
             self.stats["not_ip"] += 1
 
@@ -403,7 +411,8 @@ class PacketDecoder:
             ports = self.ports
             if dport in ports or sport in ports:
                 self._dns(ts, "udp", ipv, src, sport, dst, dport, d[off + 8:pend], out, short)
-            elif depth < MAX_DEPTH and (dport in _UDP_ENCAP or sport == 3544):
+            elif depth < MAX_DEPTH and (dport in _UDP_ENCAP or sport == 3544 or sport == 2152
+                                        or sport == BCM_LI_PORT):
                 self._udp_encap(ts, sport, dport, d, off + 8, pend, out, depth + 1)
             elif dport == 853 and self.on_conn is not None:
                 self.on_conn(ts, "udp", ipv, src, sport, dst, dport)
@@ -436,7 +445,11 @@ class PacketDecoder:
     def _udp_encap(self, ts: float, sport: int, dport: int, d: bytes, off: int, end: int,
                    out: list, depth: int) -> None:
         d = d[:end]
-        if dport == 4789 or dport == 8472:  # VXLAN
+        if dport == 2152 or sport == 2152:  # GTP-U
+            self._gtpu(ts, d, off, out, depth)
+        elif dport == BCM_LI_PORT or sport == BCM_LI_PORT:
+            self._bcm_li(ts, d, off, out, depth)
+        elif dport == 4789 or dport == 8472:  # VXLAN
             self._ether(ts, d, off + 8, out, depth)
         elif dport == 6081:  # Geneve
             optlen = (d[off] & 0x3F) * 4
@@ -453,10 +466,55 @@ class PacketDecoder:
             else:
                 self.stats["not_dns"] += 1
 
+    def _gtpu(self, ts: float, d: bytes, off: int, out: list, depth: int) -> None:
+        """GTP-U (3GPP TS 29.281), the mobile core's user plane: a G-PDU (type 255)
+        carries the subscriber's IP packet after the 8-byte header, 4 more bytes
+        when a sequence number, N-PDU number or extension is flagged, then the
+        extension headers (length in 4-byte units, next type in the last byte)."""
+        fl = d[off]
+        if fl >> 5 != 1 or not fl & 0x10 or d[off + 1] != 0xFF:  # not GTPv1, or not a G-PDU
+            self.stats["not_dns"] += 1
+            return
+        p = off + 8
+        if fl & 0x07:
+            nxt = d[p + 3]
+            p += 4
+            while nxt:
+                ln = d[p] * 4
+                if not ln:
+                    self.stats["truncated_packet"] += 1
+                    return
+                nxt = d[p + ln - 1]
+                p += ln
+        if d[p] >> 4 in (4, 6):
+            self._ip(ts, d, p, out, depth)
+        else:
+            self.stats["not_dns"] += 1
+
+    def _bcm_li(self, ts: float, d: bytes, off: int, out: list, depth: int) -> None:
+        """Broadcom's lawful-intercept shim (UDP 49152, the SDK default, as tcpdump
+        reads it): 4 bytes, direction (3 bits), packet type (4 bits: 4 undecided,
+        5 IPv4, 6 IPv6, 7 Ethernet), subtype and LI ID; the copied packet follows."""
+        shim = struct.unpack_from("!I", d, off)[0]
+        direction, kind = shim >> 29, (shim >> 25) & 0xF
+        p = off + 4
+        if direction not in (1, 2, 3) or kind not in (4, 5, 6, 7):
+            self.stats["not_dns"] += 1
+        elif kind == 7:
+            self._ether(ts, d, p, out, depth)
+        elif kind == 4 and d[p] >> 4 not in (4, 6):
+            self.stats["not_dns"] += 1
+        else:
+            self._ip(ts, d, p, out, depth)
+
     def _gre(self, ts: float, d: bytes, off: int, out: list, depth: int) -> None:
+        """GRE (RFC 2784/2890) and enhanced GRE version 1 (PPTP, RFC 2637: a key,
+        maybe a sequence number and an acknowledgement number, then PPP)."""
         fl = d[off]
         et = (d[off + 2] << 8) | d[off + 3]
         p = off + 4 + (4 if fl & 0x80 else 0) + (4 if fl & 0x20 else 0) + (4 if fl & 0x10 else 0)
+        if d[off + 1] & 7 == 1 and d[off + 1] & 0x80:  # version 1 with an acknowledgement
+            p += 4
         if et == ETH_ERSPAN2:
             self._ether(ts, d, p + 8, out, depth)
         elif et == ETH_ERSPAN3:
@@ -482,4 +540,4 @@ class PacketDecoder:
         out.append(ev)
 
 
-_UDP_ENCAP = frozenset({4789, 8472, 6081, 4754, 3544})
+_UDP_ENCAP = frozenset({4789, 8472, 6081, 4754, 3544, 2152, BCM_LI_PORT})
