@@ -169,7 +169,7 @@ def test_python_and_c_agree_on_a_mutation_corpus(data):
 
 
 @pytest.mark.parametrize("fn", [wire.py_decode, wire.decode], ids=["python", "c"])
-def test_a_damaged_question_ends_the_message_and_questions_kept_are_bounded(data, fn):
+def test_damaged_questions_are_kept_and_questions_kept_are_bounded(data, fn):
     from test_wire_c import _Collect
     from detector.capture.pcap import PcapReader
 
@@ -179,15 +179,19 @@ def test_a_damaged_question_ends_the_message_and_questions_kept_are_bounded(data
             dec.frame(ts, lt, fr)
         return dec.payloads[0]
 
-    # tcpdump's bad-label capture: the first question's name is over 255 bytes; what
-    # follows is not aligned any more, so it is not read as 335 more questions
-    ev = fn(first("dns-badlabel.pcap"), *ARGS)
-    assert ev.malformed == "name_too_long" and len(ev.questions) == 1
-    assert not ev.answers and not ev.authority and not ev.additional
-    # tcpdump's forward-pointer capture: one 63 KB packet, the same shape; before, it
-    # was read as 10,518 questions (8 MB of names)
-    ev = fn(first("dns_fwdptr.pcap"), *ARGS)
-    assert ev.malformed and len(ev.questions) == 1
+    # tcpdump's forward-pointer capture: one 63 KB packet of 10,518 questions whose names
+    # loop forward past 255 bytes; each is in place whole, so reading goes on (tshark
+    # shows all 10,518 as <Name too long>), and 64 are kept: not 8 MB of names
+    buf = first("dns_fwdptr.pcap")
+    ev = fn(buf, *ARGS)
+    assert ev.malformed == "name_too_long" and len(ev.questions) == 64
+    assert all(q.qtype == 507 for q in ev.questions)  # type and class kept, as tshark shows
+    assert len(fn(buf, *ARGS, 20_000).questions) == 10_518
+    # a pointer out of the message: the question is kept with its type and class, and
+    # what follows is not read as more questions (its alignment is unknown)
+    msg = header(qd=3) + b"\x03abc\xff\xff" + b"\x00\x01\x00\x01" + b"\x3f" * 40
+    ev = fn(msg, *ARGS)
+    assert ev.malformed == "bad_pointer" and [(q.name, q.qtype) for q in ev.questions] == [("abc", 1)]
     # 100 well-formed questions: 64 kept (as records per section), the count stays true
     msg = header(qd=100) + b"".join(label_name(b"q%d" % i, b"example", b"com") + b"\0\1\0\1"
                                     for i in range(100))

@@ -444,9 +444,10 @@ static PyObject *decode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             Py_DECREF(name);
         }
         off += 4;
-        /* a damaged question is kept, with its type and class; what follows it is read
-         * out of bytes no longer known to be aligned (tshark stops here too) */
-        if (bad) { off = -1; break; }
+        /* a damaged question is kept, with its type and class; after a pointer out of
+         * the message, what follows is not known to be aligned (tshark stops too); a
+         * name too long or a loop leaves the bytes in place whole: go on */
+        if (bad && bad != E_TOO_LONG && bad != E_LOOP) { off = -1; break; }
     }
     unsigned counts[3] = {an, ns, ar};
     for (int s = 0; s < 3 && off >= 0; s++) {

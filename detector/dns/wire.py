@@ -61,6 +61,10 @@ _SAFE = bytes(
     c for c in range(0x21, 0x7F) if chr(c) not in '.\\"();@$'
 )
 
+#: name damage after which the message goes on being read: the name's bytes in place
+#: were all there and every pointer pointed inside the message
+_STEPPED = frozenset({"name_too_long", "compression_loop"})
+
 MAX_HOPS = 64  # compression pointers followed for one name
 MAX_NAME = 255  # bytes of a name on the wire, labels, length bytes and the root (RFC 1035 2.3.4)
 MDNS_PORT = 5353
@@ -351,9 +355,9 @@ def decode(
                 questions.append(Question(name, qt, qc & 0x7FFF, qc > 0x7FFF))
             else:
                 questions.append(Question(name, qt, qc))
-        if bad:
-            # a damaged question is kept, with its type and class; what follows it is
-            # read out of bytes no longer known to be aligned (tshark stops here too)
+        if bad and bad not in _STEPPED:
+            # a damaged question is kept, with its type and class; after a pointer out of
+            # the message, what follows is not known to be aligned (tshark stops too)
             off = -1
             break
     if off >= 0 and (an or ns or ar):
