@@ -20,6 +20,18 @@ the process, sent while the load still runs. Needs root.
 
     .venv/bin/python bench/live.py [--rates 20000,100000] [--seconds 10]
 
+--overhead measures the kernel side instead: the cost per run of the cgroup_skb
+programs (dns_skb.c, on every packet of the host) and of the sock_addr programs
+(dns_sock.c, on every connect and unconnected sendmsg), with DNS on any port
+(the content check) and with --no-any-port. It turns kernel.bpf_stats_enabled
+on for the run (restored after) and reads run_time_ns and run_cnt from the
+sensor's program file descriptors (/proc/PID/fdinfo). Load, from this process:
+random 200-byte UDP datagrams to a local port (no DNS: what every QUIC, VPN or
+game packet costs now) for half of --seconds, then TCP connects to a local
+listener for the other half.
+
+    .venv/bin/python bench/live.py --overhead --seconds 4
+
 Run it alone: flock /tmp/bench.lock .venv/bin/python bench/live.py
 """
 
@@ -131,14 +143,130 @@ def run_with(cmd: list[str], ready, port: int, qfile: str, rate: int, seconds: f
             "stop": stop, "stderr": err, "counts": counts}
 
 
+PROG_TYPES = {"8": "cgroup_skb", "18": "cgroup_sock_addr"}  # enum bpf_prog_type
+BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
+
+
+def prog_stats(pid: int) -> dict[str, list[int]]:
+    """Summed [run_time_ns, run_cnt] of the BPF programs process ``pid`` holds, by type."""
+    out: dict[str, list[int]] = {}
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if os.readlink(fd) != "anon_inode:bpf-prog":
+                continue
+            info = dict(line.split(":", 1) for line in (Path(f"/proc/{pid}/fdinfo") / fd.name)
+                        .read_text().splitlines() if ":" in line)
+        except OSError:
+            continue
+        kind = PROG_TYPES.get(info.get("prog_type", "").strip())
+        if kind is None:
+            continue
+        acc = out.setdefault(kind, [0, 0])
+        acc[0] += int(info.get("run_time_ns", "0"))
+        acc[1] += int(info.get("run_cnt", "0"))
+    return out
+
+
+def udp_load(seconds: float) -> int:
+    """Random 200-byte datagrams to a local sink as fast as one thread sends them."""
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    sink.setblocking(False)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dst = sink.getsockname()
+    payloads = [os.urandom(200) for _ in range(64)]
+    n = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for pl in payloads:
+            tx.sendto(pl, dst)
+        n += len(payloads)
+        try:
+            while True:
+                sink.recv(2048)
+        except BlockingIOError:
+            pass
+    tx.close()
+    sink.close()
+    return n
+
+
+def connect_load(seconds: float) -> int:
+    """TCP connects (and closes) to a local listener."""
+    srv = socket.create_server(("127.0.0.1", 0), backlog=1024)
+    srv.setblocking(False)
+    addr = srv.getsockname()
+    n = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        c = socket.create_connection(addr)
+        c.close()
+        n += 1
+        try:
+            while True:
+                srv.accept()[0].close()
+        except BlockingIOError:
+            pass
+    srv.close()
+    return n
+
+
+def overhead(detector: list[str], seconds: float) -> int:
+    """The kernel programs' cost per run, with and without the content check."""
+    old = BPF_STATS.read_text().strip()
+    BPF_STATS.write_text("1")
+    rows = []
+    try:
+        for mode, flags in (("any port", []), ("--no-any-port", ["--no-any-port"])):
+            p = subprocess.Popen(detector + ["live", "--ports", "53", "--format", "jsonl", *flags],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO)
+            try:
+                t = time.monotonic()
+                while time.monotonic() - t < 120:
+                    line = p.stderr.readline()
+                    if "capturing DNS" in line or not line:
+                        break
+                s0 = prog_stats(p.pid)
+                udp = udp_load(seconds / 2)
+                s1 = prog_stats(p.pid)
+                conns = connect_load(seconds / 2)
+                s2 = prog_stats(p.pid)
+            finally:
+                p.send_signal(signal.SIGINT)
+                try:
+                    p.communicate(timeout=60)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+            def per_run(a, b, kind):
+                ns = b.get(kind, [0, 0])[0] - a.get(kind, [0, 0])[0]
+                runs = b.get(kind, [0, 0])[1] - a.get(kind, [0, 0])[1]
+                return runs, ns / runs if runs else float("nan")
+
+            rows.append((mode, udp, per_run(s0, s1, "cgroup_skb"), per_run(s0, s1, "cgroup_sock_addr"),
+                         conns, per_run(s1, s2, "cgroup_sock_addr")))
+    finally:
+        BPF_STATS.write_text(old)
+    print(f"\nkernel programs, ns per run (kernel.bpf_stats_enabled; {seconds / 2:.0f} s of each load)")
+    print(f"{'mode':<15}{'UDP sent':>10}{'skb runs':>10}{'ns/skb':>8}{'sendmsg runs':>13}{'ns/sendmsg':>11}"
+          f"{'connects':>10}{'sock runs':>10}{'ns/connect':>11}")
+    for mode, udp, (sr, sns), (mr, mns), conns, (cr, cns) in rows:
+        print(f"{mode:<15}{udp:>10,}{sr:>10,}{sns:>8.0f}{mr:>13,}{mns:>11.0f}{conns:>10,}{cr:>10,}{cns:>11.0f}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rates", default="20000,100000")
     ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--overhead", action="store_true",
+                    help="measure the kernel programs' cost per packet and per connect instead")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench/live.py needs root", file=sys.stderr)
         return 10
+    if args.overhead:
+        return overhead(detector_command(), args.seconds)
     for tool in ("dnsperf", "tcpdump"):
         if not shutil.which(tool):
             print(f"{tool} is missing: ./setup.sh installs it", file=sys.stderr)

@@ -16,7 +16,9 @@
 #define DNS_ANY_PORT 1       /* DNS on any UDP port, recognized by content (the loader may pass -DDNS_ANY_PORT=0) */
 #endif
 
-enum dns_kind { KIND_PACKET = 0, KIND_CONNECT = 1 };
+/* KIND_CONNECT: a connect() to a PORT_CONN port (DoT); KIND_FLAGGED: a connect()
+ * or sendmsg() to an address in the flagged map (dns_sock.c) */
+enum dns_kind { KIND_PACKET = 0, KIND_CONNECT = 1, KIND_FLAGGED = 2 };
 enum dns_dir { DIR_EGRESS = 0, DIR_INGRESS = 1 };
 
 /* who owns a socket, recorded at connect()/sendmsg() time (dns_sock.c).
@@ -65,7 +67,8 @@ enum dns_counter {
     C_SENT = 3,     /* records written to the ring buffer */
     C_CONTENT_SEEN = 4, /* UDP payloads on other ports the content check examined (dns_skb.c) */
     C_CONTENT_DNS = 5,  /* ... and took for DNS: sent like any DNS packet */
-    C_MAX = 6,
+    C_FLAGGED = 6,      /* connects and sendmsgs to a flagged address, reported (dns_sock.c) */
+    C_MAX = 7,
 };
 
 BPF_TABLE("lru_hash", u64, struct owner, owners, 65536);
@@ -80,6 +83,34 @@ BPF_HASH(ports, u16, u8, 64);
 #define PORT_CONN 2
 BPF_RINGBUF_OUTPUT(events, RING_PAGES);
 
+/* An IPv4 or IPv6 address as a map key: IPv4 (and IPv4-mapped IPv6) in the
+ * first 4 bytes, the rest 0, as in struct dns_event's daddr. */
+struct addr_key {
+    u8 a[16];
+};
+/* Addresses that a flagged name (a DGA, tunnel or denylist finding) resolved to,
+ * written by user space (detector/detect/flagged_connect.py through live.py):
+ * dns_sock.c reports a connect()/sendmsg() to one of them, and nothing else. */
+BPF_HASH(flagged, struct addr_key, u8, 8192);
+/* each socket reports a flagged address once (a UDP socket would per datagram) */
+struct flagged_seen_key {
+    u64 cookie;
+    struct addr_key addr;
+};
+BPF_TABLE("lru_hash", struct flagged_seen_key, u8, flagged_seen, 8192);
+/* the last connect() to each address, so that user space, which learns an
+ * address some milliseconds after the answer crossed, still sees a connect that
+ * came before it pushed the address: it reads this once per address it adds.
+ * No ring buffer record: ordinary connects cost one map update. 64 bytes. */
+struct recent_connect {
+    struct owner owner;
+    u64 ts_ns;
+    u16 port;
+    u8 proto;
+    u8 family;
+    u8 pad[12];
+};
+BPF_TABLE("lru_hash", struct addr_key, struct recent_connect, recent_connects, 16384);
 BPF_PERCPU_ARRAY(counters, u64, C_MAX);
 /* control[0]: shed level, 0..1023: UDP messages whose exchange hash falls below it
  * (out of 1024) are not sent. 0 = send everything. Set by user space under overload. */

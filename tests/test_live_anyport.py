@@ -16,7 +16,6 @@ import os
 import random
 import shutil
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ from detector.detect.nonstandard_port import NonStandardPort, expect_ports
 from detector.detect.registry import load_rules
 from detector.events import DnsEvent, ProcessInfo, Question
 from detector.paths import REPO
-from tests.test_live import free_port, start_live
+from tests.test_live import start_live
 
 ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not ROOT, reason="live eBPF capture needs root")

@@ -71,7 +71,8 @@ PORT_DNS, PORT_CONN = 1, 2
 CONN_PORTS = (853,)
 DRAIN_INTERVAL = 0.01  # seconds between ring buffer drains
 STUB_WINDOW = 2.0  # seconds between an application's query to a stub and the stub's upstream query
-KIND_PACKET, KIND_CONNECT = 0, 1
+KIND_PACKET, KIND_CONNECT, KIND_FLAGGED = 0, 1, 2  # enum dns_kind
+LOOKBACK = 10.0  # seconds: a connect this long before an address was flagged still counts
 DIR_EGRESS, DIR_INGRESS = 0, 1
 DUP_WINDOW = 0.25  # seconds: a message seen again this soon, same addresses and bytes, is a copy
 PROC_TTL = 5.0  # seconds a process's details (exe, container id) are reused
@@ -85,7 +86,7 @@ SHED_MAX = 1008  # shed level ceiling (of 1024): at least 1.5% of exchanges are 
 SHED_STEP_DOWN = 32  # shed level decrease per quiet interval (back to 0 in ~3 s)
 OVERLOAD_EVERY = 10.0  # seconds between sensor-overload findings while shedding goes on
 OVERLOAD_RULE = "sensor-overload"
-C_LOST, C_SHORT, C_SAMPLED, C_SENT, C_CONTENT_SEEN, C_CONTENT_DNS, C_MAX = range(7)  # enum dns_counter
+C_LOST, C_SHORT, C_SAMPLED, C_SENT, C_CONTENT_SEEN, C_CONTENT_DNS, C_FLAGGED, C_MAX = range(8)  # enum dns_counter
 
 # --- struct dns_event (bpf/dns_event.h), mirrored exactly: (field, struct code) -------
 _FIELDS = (
@@ -344,7 +345,12 @@ class LiveCapture:
         self._stats = {"packets": 0, "dns_messages": 0, "parse_errors": 0, "truncated_copies": 0,
                       "connects": 0, "stub_linked": 0, "duplicate_copies": 0,
                       "short_payloads": 0, "sampled_out": 0, "ring_records": 0, "backlog": 0, "shed_backlog": 0, "shed_level": 0,
-                      "discarded_at_stop": 0, "content_examined": 0, "content_dns": 0}
+                      "discarded_at_stop": 0, "content_examined": 0, "content_dns": 0,
+                      "flagged_connects": 0, "flagged_addresses": 0}
+        # flagged addresses in the kernel's map, with how many watchers hold each;
+        # connects found in recent_connects when an address was added, for the next poll
+        self._flagged: dict[bytes, int] = {}
+        self._late: list[ConnEvent] = []
         # the last DUP_WINDOW seconds of messages, in two generations: identity -> (ts, event)
         self._dup_cur: dict = {}
         self._dup_prev: dict = {}
@@ -403,6 +409,7 @@ class LiveCapture:
         st["ring_records"] = c[C_SENT]
         st["content_examined"] = c[C_CONTENT_SEEN]  # UDP on other ports the kernel's content check looked at
         st["content_dns"] = c[C_CONTENT_DNS]  # ... and took for DNS
+        st["flagged_addresses"] = len(self._flagged)
         st["backlog"] = self._drained - self._parsed
         st.update(self.tcp.counters())  # reassembly: gaps, out-of-window, evictions, held bytes
         return c
@@ -476,6 +483,8 @@ class LiveCapture:
             if self._reader is None:
                 self._drain_once()
         out: list = []
+        if self._late:  # connects that came before their address was flagged
+            out, self._late = self._late, []
         n = 0
         while q and n < MAX_BATCH:
             chunk, offs = q.popleft()
@@ -535,8 +544,8 @@ class LiveCapture:
                 dst = a6.get(daddr)
                 if dst is None:
                     dst = a6[daddr] = ntop(socket.AF_INET6, daddr)
-            if kind == KIND_CONNECT:
-                st["connects"] += 1
+            if kind != KIND_PACKET:
+                st["connects" if kind == KIND_CONNECT else "flagged_connects"] += 1
                 append(ConnEvent(ts, "tcp" if proto == 6 else "udp", fam, "", 0, dst, dport, proc))
                 continue
             packets += 1
@@ -673,6 +682,58 @@ class LiveCapture:
         self._pinfo[okey] = p
         return p
 
+    # --- flagged addresses ------------------------------------------------------
+    def watch_address(self, ip: str, since: float | None = None) -> None:
+        """Report connects to ``ip`` (a flagged name resolved to it): bpf/dns_sock.c
+        then emits a ConnEvent for each socket that connects or sends to it.
+
+        The answer crossed the kernel some milliseconds before this call, and a
+        client connects at once: so the kernel's last connect() to ``ip``
+        (recent_connects) is read after the address is in the map, and when it
+        came at or after ``since`` (the answer's time; default LOOKBACK seconds
+        ago) it is handed over by the next :meth:`poll` as a ConnEvent."""
+        key = _addr_key(ip)
+        if key is None:
+            return
+        n = self._flagged.get(key, 0)
+        self._flagged[key] = n + 1
+        if n:
+            return
+        try:
+            tbl = self.b["flagged"]
+            tbl[_ct_key(tbl, key)] = ct.c_uint8(1)
+            rc = self.b["recent_connects"]
+            r = rc.get(_ct_key(rc, key))
+        except Exception as e:  # noqa: BLE001 - a full map, or the maps gone at close
+            log.debug("flagging %s failed: %s", ip, e)
+            return
+        if r is None:
+            return
+        raw = ct.string_at(ct.addressof(r), ct.sizeof(r))
+        ts_ns, port, proto, fam = struct.unpack_from("<QHBB", raw, 40)
+        ts = ts_ns / 1e9 + self.mono_to_wall
+        if ts < (time.time() - LOOKBACK if since is None else since - 0.001):
+            return  # a connect from before the name was resolved: not this answer's
+        proc = self._process(raw[:40])
+        self._stats["flagged_connects"] += 1
+        self._late.append(ConnEvent(ts, "tcp" if proto == 6 else "udp", fam, "", 0, ip, port, proc))
+
+    def unwatch_address(self, ip: str) -> None:
+        """The watcher that flagged ``ip`` forgot it (its table was full)."""
+        key = _addr_key(ip)
+        n = self._flagged.get(key, 0) if key is not None else 0
+        if n > 1:
+            self._flagged[key] = n - 1
+            return
+        if not n:
+            return
+        del self._flagged[key]
+        try:
+            tbl = self.b["flagged"]
+            del tbl[_ct_key(tbl, key)]
+        except Exception as e:  # noqa: BLE001
+            log.debug("unflagging %s failed: %s", ip, e)
+
     # --- overload ---------------------------------------------------------------
     def overload_finding(self, now: float | None = None) -> Finding | None:
         """A ``sensor-overload`` finding when messages were shed (sampled out in the
@@ -762,6 +823,26 @@ class LiveCapture:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _addr_key(ip: str) -> bytes | None:
+    """struct addr_key (bpf/dns_event.h): IPv4 (or IPv4-mapped IPv6) in the first
+    4 bytes, the rest 0; None for what is no address."""
+    try:
+        if ":" in ip:
+            b = socket.inet_pton(socket.AF_INET6, ip)
+            if b[:12] == b"\0" * 10 + b"\xff\xff":
+                return b[12:] + b"\0" * 12
+            return b
+        return socket.inet_pton(socket.AF_INET, ip) + b"\0" * 12
+    except (OSError, ValueError):
+        return None
+
+
+def _ct_key(tbl, key: bytes):
+    k = tbl.Key()
+    ct.memmove(ct.addressof(k), key, 16)
+    return k
 
 
 def _one_line(e: BaseException) -> str:

@@ -22,7 +22,9 @@ process that owns each DNS socket (pid, tid, comm, uid, gid, cgroup id), and
 cgroup_skb hooks copy every DNS packet, both ways, UDP and TCP, IPv4 and IPv6,
 in every network namespace. UDP on any other port is examined in the kernel
 too: a packet whose content is a DNS message is captured (and raises "DNS on a
-non-standard port"); --no-any-port turns that off. exe and container id come
+non-standard port"); --no-any-port turns that off. Addresses that names flagged
+by a DGA, tunnel or denylist finding resolved to are handed to the kernel, which
+then reports connects to them (nothing for ordinary connects). exe and container id come
 from /proc. Needs root,
 BCC (python3-bpfcc) and kernel headers; ./setup.sh installs them.
 Ctrl-C or SIGTERM detaches the programs and flushes every sink.
@@ -69,6 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from detector.capture.live import check_requirements
+    from detector.detect.flagged_connect import attach as attach_flagged
     from detector.detect.nonstandard_port import expect_ports
     from detector.sources.live import LiveSource
 
@@ -87,6 +90,9 @@ def run(args: argparse.Namespace) -> int:
     pipe = lanes.get(0)
     # shedding under overload is an alert (sensor-overload), never silent
     source.cap.on_overload = pipe.report
+    # connects to addresses a flagged name resolved to: the detector learns them from
+    # findings and answers, the kernel reports only connects to them
+    attach_flagged(pipe, source.cap.watch_address, source.cap.unwatch_address)
     if getattr(args, "metrics_port", None):
         from detector import metrics
 
@@ -109,7 +115,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         rows = [("time", f"{res.seconds:.1f} s"), ("DNS packets", f"{cs['packets']:,}"),
                 ("DNS messages", f"{cs['dns_messages']:,}"),
-                ("lost BPF events", f"{cs['lost_bpf_events']:,}"), ("DoT connects", cs["connects"])]
+                ("lost BPF events", f"{cs['lost_bpf_events']:,}"), ("DoT connects", cs["connects"]),
+                ("flagged connects", f"{cs.get('flagged_connects', 0):,} "
+                                     f"({cs.get('flagged_addresses', 0):,} addresses watched)")]
         if args.any_port:
             rows.append(("DNS found on other ports", f"{cs.get('content_dns', 0):,} of "
                                                      f"{cs.get('content_examined', 0):,} UDP packets examined"))

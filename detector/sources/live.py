@@ -1,7 +1,8 @@
 """Live eBPF capture as a Source: :class:`detector.capture.live.LiveCapture`, polled.
 
 Each poll hands over what the ring-buffer reader thread decoded since the last
-one (DnsEvent with the process, ConnEvent for DoT connects); a quiet poll is
+one (DnsEvent with the process, ConnEvent for DoT connects and connects to
+flagged addresses); a quiet poll is
 an empty batch with the wall clock, so query timeouts and windows run on.
 """
 
