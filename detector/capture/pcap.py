@@ -5,19 +5,28 @@ several interfaces (each with its own link type and timestamp resolution).
 A file is memory-mapped, so a 1 GB capture costs no 1 GB of RAM; stdin
 (``-``), a pipe or a FIFO is read as a stream, chunk by chunk.
 
+A capture compressed with gzip, xz, bzip2, zstd or lz4 (as tcpdump rotations
+and test suites ship them) is read as it is, from a file or stdin: the format
+is told by its magic bytes, not its name, and the bytes are decompressed as a
+stream, a bounded piece at a time (:class:`Decompressor`).
+
 A capture that ends mid-record is not an error: :attr:`PcapReader.truncated`
-is set and iteration stops after the last whole packet. A file that is not a
+is set and iteration stops after the last whole packet. So is a compressed
+stream that breaks off or goes corrupt: what decompressed before is read. A file that is not a
 capture raises :class:`CaptureError` with a one-line reason.
 """
 
 from __future__ import annotations
 
+import bz2
+import lzma
 import mmap
 import os
 import select
 import stat
 import struct
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 
 PCAP_MAGIC = {
     b"\xd4\xc3\xb2\xa1": ("<", 1e-6),
@@ -38,6 +47,145 @@ _MIN_BLOCK = {6: 32, 2: 32, 3: 16, 1: 20}
 
 class CaptureError(ValueError):
     """The file is not a readable capture (the message says why)."""
+
+
+#: magic bytes -> compression format
+COMPRESSED_MAGIC = {
+    b"\x1f\x8b": "gzip", b"\xfd7zXZ\x00": "xz", b"BZh": "bzip2",
+    b"\x28\xb5\x2f\xfd": "zstd", b"\x04\x22\x4d\x18": "lz4",
+}
+RAW_CHUNK = 1 << 16  # compressed bytes read at a time
+ZSTD_PIECE = 1 << 13  # compressed bytes given to zstd at a time (it has no output bound)
+OUT_PIECE = 1 << 14  # bytes decompressed at a time (corrupt data loses at most this much)
+
+
+def compression_of(head: bytes) -> str | None:
+    """The compression format whose magic ``head`` starts with, or None."""
+    for magic, kind in COMPRESSED_MAGIC.items():
+        if head.startswith(magic):
+            return kind
+    return None
+
+
+class Decompressor:
+    """A compressed stream read as the bytes it holds, one frame (gzip member, xz
+    stream, zstd or lz4 frame) after another, as the command-line tools do.
+
+    :meth:`read` gives some bytes (about as many as asked; b"" at the end). A
+    stream that ends inside a frame, or whose data is corrupt, ends there with
+    :attr:`damage` saying so; the bytes before it were given. Output is bounded
+    per call (gzip, xz, bzip2 and lz4 take an output limit; zstd is given small
+    pieces of input), so a small file that decompresses to gigabytes is read
+    as a stream too, not held."""
+
+    def __init__(self, kind: str, read_raw: Callable[[int], bytes], first: bytes = b"") -> None:
+        self.kind = kind
+        self._read_raw = read_raw
+        self._raw = first  # compressed bytes read but not yet given to the decompressor
+        self.raw_read = len(first)  # compressed bytes read from the source
+        self.damage = ""
+        self._done = False
+        self._new()
+
+    def _new(self) -> None:
+        k = self.kind
+        if k == "gzip":
+            self._d = zlib.decompressobj(31)
+        elif k == "xz":
+            self._d = lzma.LZMADecompressor()
+        elif k == "bzip2":
+            self._d = bz2.BZ2Decompressor()
+        elif k == "zstd":
+            import zstandard
+
+            self._d = zstandard.ZstdDecompressor().decompressobj()
+        else:
+            import lz4.frame
+
+            self._d = lz4.frame.LZ4FrameDecompressor()
+        self._fed = False  # this frame has had input
+
+    @property
+    def consumed(self) -> int:
+        """Compressed bytes given to the decompressor so far."""
+        return self.raw_read - len(self._raw)
+
+    @property
+    def pending(self) -> bool:
+        """Compressed bytes in hand not yet decompressed (a read may not block)."""
+        return bool(self._raw) or (self.kind not in ("gzip", "zstd") and self._fed
+                                   and not self._d.eof and not self._d.needs_input)
+
+    def read(self, n: int) -> bytes:
+        while not self._done:
+            try:
+                out = self._step(min(max(n, 1), OUT_PIECE))
+            except Exception as e:  # zlib.error, LZMAError, OSError, ZstdError, RuntimeError...
+                self._end(f"{self.kind} data corrupt after {self.consumed} compressed bytes "
+                          f"({str(e) or type(e).__name__})")
+                return b""
+            if out:
+                return out
+        return b""
+
+    def _end(self, damage: str = "") -> None:
+        self._done = True
+        self.damage = damage
+        self._raw = b""
+
+    def _more(self) -> bool:
+        """Read more compressed bytes; False at the end of the source."""
+        chunk = self._read_raw(RAW_CHUNK)
+        if not chunk:
+            return False
+        self.raw_read += len(chunk)
+        self._raw += chunk
+        return True
+
+    def _step(self, want: int) -> bytes:
+        d = self._d
+        if self._fed and d.eof:  # a frame ended: another may follow, or the end
+            while len(self._raw) < 6 and self._more():
+                pass
+            rest = self._raw
+            if not rest:
+                self._end()
+                return b""
+            if compression_of(rest[:6]) != self.kind:
+                if not rest.strip(b"\x00"):  # zero padding after the last frame (tapes, dd)
+                    self._raw = b""
+                    return b""
+                self._end(f"bytes after the last {self.kind} frame are not {self.kind} "
+                          f"(at compressed byte {self.consumed})")
+                return b""
+            self._new()
+            d = self._d
+        if self.kind in ("gzip", "zstd") or not self._fed or d.needs_input:
+            if not self._raw and not self._more():
+                return self._eof()
+        kind = self.kind
+        if kind == "gzip":
+            out = d.decompress(self._raw, want)
+            self._raw = d.unconsumed_tail
+        elif kind == "zstd":
+            piece, self._raw = self._raw[:ZSTD_PIECE], self._raw[ZSTD_PIECE:]
+            out = d.decompress(piece)
+        elif self._fed and not d.needs_input:  # output still held from input given
+            out = d.decompress(b"", max_length=want)
+        else:
+            raw, self._raw = self._raw, b""
+            out = d.decompress(raw, max_length=want)
+        self._fed = True
+        if d.eof:  # what came after the frame goes back in front of the rest
+            self._raw = (d.unused_data or b"") + self._raw
+        return out
+
+    def _eof(self) -> bytes:
+        if self._fed and not self._d.eof:
+            self._end(f"{self.kind} stream ends mid-frame after {self.consumed} compressed bytes")
+        else:
+            self._end()
+        return b""
 
 
 class PcapReader:
@@ -65,6 +213,11 @@ class PcapReader:
         self.idle_marks = False
         self._fd: int | None = None  # stream mode: the descriptor read in chunks
         self._own_fd = False
+        self._read: Callable[[int], bytes] | None = None  # stream mode: gives the next bytes
+        self._dec: Decompressor | None = None  # a compressed capture's decompressor
+        #: the compression format ("gzip", "xz", "bzip2", "zstd", "lz4"), or None
+        self.compression: str | None = None
+        self._pipe = path == "-"  # a pipe, FIFO or stdin (not a regular file)
         self._base = 0  # stream mode: file offset of self.buf[0]
         self.size: int | None
         if path == "-":
@@ -85,22 +238,32 @@ class PcapReader:
             if stat.S_ISDIR(st.st_mode):
                 raise CaptureError(f"{path}: is a directory, not a capture file")
             self.buf = b""
-            if stat.S_ISREG(st.st_mode) and st.st_size > 0:
+            regular = stat.S_ISREG(st.st_mode)
+            kind = None
+            if regular and st.st_size > 0:
                 self.size = st.st_size
-                try:
-                    self.buf = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-                except (OSError, ValueError):
-                    self.size = None
-            elif stat.S_ISREG(st.st_mode) and path != "-":
+                kind = compression_of(os.pread(fd, 6, 0))
+                if kind is None:
+                    try:
+                        self.buf = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+                    except (OSError, ValueError):
+                        self.size = None
+            elif regular and path != "-":
                 raise CaptureError(f"{path}: empty file, not a capture")
             else:
                 self.size = None
-            if self.size is None:  # a pipe, a FIFO, a character device, stdin: a stream
+            self._pipe = not regular
+            if self.size is None or kind is not None:  # a pipe, FIFO, stdin, compressed: a stream
                 self._fd = fd if path == "-" else os.dup(fd)
                 self._own_fd = path != "-"
+                sfd = self._fd
+                self._read = lambda n: os.read(sfd, n)
                 self.buf, _, n = self._refill(b"", 0, 24)
                 if n == 0:
                     raise CaptureError(f"{label}: empty input, not a capture")
+                kind = compression_of(bytes(self.buf[:6]))
+                if kind is not None:
+                    self._decompress(kind, label)
         except OSError as e:
             self._close_fd()
             raise CaptureError(f"{label}: cannot read: {e.strerror}") from None
@@ -115,12 +278,10 @@ class PcapReader:
             self.format = "pcap"
         elif head == PCAPNG_SHB:
             self.format = "pcapng"
-        elif head[:2] == b"\x1f\x8b":
-            self.close()
-            raise CaptureError(f"{label}: gzip-compressed; decompress it first (gunzip)")
         else:
             self.close()
-            raise CaptureError(f"{label}: not a pcap or pcapng file (starts with {head.hex()})")
+            inside = f"{self.compression}-compressed, but " if self.compression else ""
+            raise CaptureError(f"{label}: {inside}not a pcap or pcapng file (starts with {head.hex()})")
         self.linktypes: list[int] = []
         self._released = 0  # bytes at the start of the mapping given back (see _release)
         if self.format == "pcap":
@@ -131,10 +292,39 @@ class PcapReader:
             e, _ = PCAP_MAGIC[head]
             self.linktypes = [struct.unpack_from(e + "I", self.buf, 20)[0] & 0x0FFFFFFF]
 
+    def _decompress(self, kind: str, label: str) -> None:
+        """The stream is compressed: read on through a decompressor, from the bytes
+        already read."""
+        try:
+            dec = Decompressor(kind, self._read, bytes(self.buf))
+        except ImportError as e:
+            raise CaptureError(f"{label}: {kind}-compressed, and the {e.name} module to read "
+                               "it is not installed") from None
+        self._dec = dec
+        self.compression = kind
+        self._read = dec.read
+        self._base = 0
+        self.buf, _, n = self._refill(b"", 0, 24)
+        if n < 4:
+            why = dec.damage or "no capture inside"
+            raise CaptureError(f"{label}: {kind}-compressed; {why}")
+
     @property
     def streaming(self) -> bool:
-        """Read as a stream (stdin, a pipe): no size known in advance."""
-        return self._fd is not None
+        """Read as a stream from stdin, a pipe or a FIFO: no size known in advance."""
+        return self._fd is not None and self._pipe
+
+    @property
+    def offset(self) -> int:
+        """Bytes consumed, for progress (of the file as it is: compressed bytes for a
+        compressed capture), updated every PROGRESS_EVERY packets."""
+        if self._dec is not None:
+            return self._dec.consumed
+        return self._pos
+
+    @offset.setter
+    def offset(self, value: int) -> None:
+        self._pos = value
 
     def __iter__(self) -> Iterator[tuple[float, int, bytes]]:
         if self.format == "pcap":
@@ -155,15 +345,15 @@ class PcapReader:
         """Stream mode: keep ``buf[off:]`` and read on until ``need`` bytes are there
         (or the stream ends). Returns the new (buf, off, size). A mapped file is
         all there already: returned as it is."""
-        fd = self._fd
-        if fd is None:
+        read = self._read
+        if read is None:
             return buf, off, len(buf)
         keep = buf[off:]
         self._base += off
         parts = [keep]
         have = len(keep)
         while have < need:
-            chunk = os.read(fd, max(CHUNK, need - have))
+            chunk = read(max(CHUNK, need - have))
             if not chunk:
                 break
             parts.append(chunk)
@@ -173,7 +363,9 @@ class PcapReader:
 
     def _would_block(self) -> bool:
         """Stream mode with idle_marks: nothing to read right now."""
-        if not self.idle_marks or self._fd is None:
+        if not self.idle_marks or self._fd is None or not self._pipe:
+            return False
+        if self._dec is not None and self._dec.pending:
             return False
         try:
             return not select.select([self._fd], [], [], 0)[0]
@@ -197,6 +389,14 @@ class PcapReader:
         self.truncated = True
         self.truncated_detail = detail
 
+    def _damaged(self) -> None:
+        """At the end: a compressed stream that broke off or went corrupt is a
+        truncated capture (its damage said first, then where the records stop)."""
+        dec = self._dec
+        if dec is not None and dec.damage:
+            d = self.truncated_detail
+            self._cut(dec.damage + (f"; {d}" if d else ""))
+
     # --- classic pcap ----------------------------------------------------------
     def _pcap(self) -> Iterator[tuple[float, int, bytes]]:
         buf = self.buf
@@ -207,7 +407,7 @@ class PcapReader:
         lt = self.linktypes[0]
         off = 24
         n = 0
-        stream = self._fd is not None
+        stream = self._read is not None
         try:
             while True:
                 if off + 16 > size:
@@ -245,6 +445,7 @@ class PcapReader:
         finally:
             self.packets = n
             self.offset = self._base + off
+            self._damaged()
 
     # --- pcapng ----------------------------------------------------------------
     def _pcapng(self) -> Iterator[tuple[float, int, bytes]]:
@@ -253,7 +454,7 @@ class PcapReader:
         off = 0
         n = 0
         e = "<"
-        stream = self._fd is not None
+        stream = self._read is not None
         ifaces: list[tuple[int, float]] = []  # (linktype, seconds per tick)
         try:
             while True:
@@ -334,6 +535,7 @@ class PcapReader:
         finally:
             self.packets = n
             self.offset = self._base + off
+            self._damaged()
 
     @staticmethod
     def _tsresol(buf, e: str, off: int, end: int) -> float:
