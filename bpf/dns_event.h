@@ -72,10 +72,10 @@ enum dns_counter {
 };
 
 BPF_TABLE("lru_hash", u64, struct owner, owners, 65536);
-/* owners of UDP sockets that talk to other ports (DNS_ANY_PORT): a message found
- * there by content is joined to its process. A map of its own, so ordinary UDP
- * traffic never evicts the owners of DNS-port sockets. */
-BPF_TABLE("lru_hash", u64, struct owner, udp_owners, 32768);
+/* owners of UDP and TCP sockets that talk to other ports (DNS_ANY_PORT): a
+ * message found there by content is joined to its process. A map of its own,
+ * so ordinary traffic never evicts the owners of DNS-port sockets. */
+BPF_TABLE("lru_hash", u64, struct owner, other_owners, 32768);
 /* ports to watch, host byte order -> PORT_DNS (DNS: copy packets) and/or
  * PORT_CONN (853 DoT/DoQ: report connects) */
 BPF_HASH(ports, u16, u8, 64);

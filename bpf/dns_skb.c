@@ -22,8 +22,11 @@
  *   then the first question is walked: labels of 1..63 bytes ending in the
  *   root within the payload and DNS_MAX_LABELS labels, a non-zero type and a
  *   known class. Random bytes and other protocols fail the header almost
- *   always. Counted: C_CONTENT_SEEN (examined), C_CONTENT_DNS (accepted).
- *   TCP on other ports is not examined (its messages span segments);
+ *   always. TCP on other ports: a pushed segment (PSH) whose 2-byte length
+ *   prefix covers exactly the rest is examined the same way after the prefix
+ *   (a query or a short answer written at once); a message spread over
+ *   segments is not found. Counted: C_CONTENT_SEEN (examined),
+ *   C_CONTENT_DNS (accepted);
  * - no payload (TCP handshakes, ACKs): nothing sent;
  * - a UDP payload shorter than a DNS header (12 bytes): counted (C_SHORT), not sent;
  * - on loopback a packet crosses egress (sender) and ingress (receiver); only
@@ -54,6 +57,7 @@
 #define DNS_MAX_LABELS 40  /* labels the content check walks: a longer first name is not taken for DNS */
 #define DNS_MIN_QUESTION 5 /* the root name (1 byte), type and class */
 #define DNS_MIN_RR 11      /* the root name, type, class, TTL, rdlength */
+#define TCP_PSH 0x08
 #define PORT_MDNS 5353
 #define PORT_LLMNR 5355
 
@@ -203,11 +207,21 @@ static __always_inline int handle(struct __sk_buff *skb, u8 dir)
     } else {
         /* another port: DNS only when its content says so */
         u8 qr = 0;
-        if (!DNS_ANY_PORT || proto != IPPROTO_UDP || sport == PORT_MDNS || dport == PORT_MDNS ||
-            sport == PORT_LLMNR || dport == PORT_LLMNR)
+        u32 at = 0; /* where the message starts in the payload */
+        if (!DNS_ANY_PORT || sport == PORT_MDNS || dport == PORT_MDNS || sport == PORT_LLMNR ||
+            dport == PORT_LLMNR)
             return 1;
+        if (proto == IPPROTO_TCP) {
+            /* one whole message in one pushed segment, as a client writes a query:
+             * PSH set and the 2-byte length prefix covering the rest exactly */
+            u16 ml;
+            if (!(flags & TCP_PSH) || plen < 2 + DNS_HDR_LEN + DNS_MIN_QUESTION ||
+                bpf_skb_load_bytes(skb, off, &ml, 2) < 0 || (u32)bpf_ntohs(ml) + 2 != plen)
+                return 1;
+            at = 2;
+        }
         skb_count(C_CONTENT_SEEN);
-        if (!looks_like_dns(skb, off, plen, &qr))
+        if (!looks_like_dns(skb, off + at, plen - at, &qr))
             return 1;
         skb_count(C_CONTENT_DNS);
         query = !qr;
@@ -226,7 +240,7 @@ static __always_inline int handle(struct __sk_buff *skb, u8 dir)
     u64 cookie = bpf_get_socket_cookie(skb);
     struct owner *o = owners.lookup(&cookie);
     if (!o && !(is_dns & PORT_DNS))
-        o = udp_owners.lookup(&cookie);
+        o = other_owners.lookup(&cookie);
 
     if (proto == IPPROTO_UDP) {
         int k0 = 0;

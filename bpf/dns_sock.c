@@ -10,7 +10,7 @@
  * received in softirq context). So this program records the owner of each
  * socket that talks to a DNS port, keyed by socket cookie, and dns_skb.c
  * joins packets to it. With DNS_ANY_PORT it also records the owner of every
- * UDP socket that talks to another port (udp_owners; looked up first, written
+ * UDP or TCP socket that talks to another port (other_owners; looked up first, written
  * only when new or another process took the socket over), since dns_skb.c may
  * find DNS in its packets by content.
  *
@@ -135,13 +135,13 @@ static __always_inline int record(struct bpf_sock_addr *ctx, int family, int is_
     u8 *kind = ports.lookup(&port);
     u64 cookie = bpf_get_socket_cookie(ctx);
     if (!kind) {
-        if (DNS_ANY_PORT && ctx->type == 2 /* SOCK_DGRAM */) {
+        if (DNS_ANY_PORT && (ctx->type == 1 || ctx->type == 2) /* SOCK_STREAM, SOCK_DGRAM */) {
             u32 pid = bpf_get_current_pid_tgid() >> 32;
-            struct owner *known = udp_owners.lookup(&cookie);
+            struct owner *known = other_owners.lookup(&cookie);
             if (!known || known->pid != pid) {
                 struct owner o = {};
                 fill_owner(&o);
-                udp_owners.update(&cookie, &o);
+                other_owners.update(&cookie, &o);
             }
         }
         check_flagged(ctx, family, cookie, port, is_connect);

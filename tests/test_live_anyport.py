@@ -2,10 +2,10 @@
 "DNS on a non-standard port" rule (detector/detect/nonstandard_port.py).
 
 Real resolvers (Debian's dnsmasq) answer on 127.0.0.1:5354 and :1053 while
-`detector live --ports 53` runs; dig asks them. The alert must name dig's pid
+`detector live --ports 53` runs; dig asks them over UDP and TCP. The alert must name dig's pid
 and the port, once per process and port. Ordinary non-DNS UDP on random ports
 (random bytes, NTP, STUN, SSDP, QUIC, WireGuard, syslog, TFTP, a DNS-like
-header with a broken question) is examined by the kernel and not taken for
+header with a broken question) and TCP (HTTP, TLS, length-prefixed junk) is examined by the kernel and not taken for
 DNS. The live tests need root (CI runs them as root); nothing is skipped there.
 """
 
@@ -18,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -42,9 +43,9 @@ def dnsmasq(port: int) -> subprocess.Popen:
                              "--user=root", "--pid-file="], stderr=subprocess.PIPE)
 
 
-def dig(port: int, name: str) -> int:
+def dig(port: int, name: str, *opts: str) -> int:
     """dig's pid, after it got its answer."""
-    p = subprocess.Popen(["dig", "+time=2", "+tries=1", "@127.0.0.1", "-p", str(port), name, "+short"],
+    p = subprocess.Popen(["dig", *opts, "+time=2", "+tries=1", "@127.0.0.1", "-p", str(port), name, "+short"],
                          stdout=subprocess.PIPE, text=True)
     out, _ = p.communicate(timeout=20)
     assert out.strip() == "1.2.3.4", out
@@ -74,6 +75,7 @@ def test_dns_on_5354_and_1053_is_captured_and_alerted_with_digs_pid(tmp_path):
         live = start_live(53, 6, "--summary-json", str(summary))
         pids = {p: dig(p, f"p{p}.anyport.example") for p in ports}
         again = dig(5354, "again.anyport.example")  # the same port, another name, another dig
+        tcp = dig(1053, "tcp.anyport.example", "+tcp")  # one query and one answer, each one segment
         out, err = live.communicate(timeout=60)
         assert live.returncode == 0, err
     finally:
@@ -90,9 +92,12 @@ def test_dns_on_5354_and_1053_is_captured_and_alerted_with_digs_pid(tmp_path):
             assert p in (e["dport"], e["sport"]), e
         resp = [e for e in mine if e["kind"] == "response"][0]
         assert resp["answers"][0][3] == "1.2.3.4"
+    mine = [e for e in evs if e.get("qname") == "tcp.anyport.example"]
+    assert sorted((e["kind"], e["transport"]) for e in mine) == [("query", "tcp"), ("response", "tcp")], mine
+    assert all(e["process"]["pid"] == tcp for e in mine), mine
     ours = [a for a in alerts if a["rule_id"] == RULE]
     by = {(a["pid"], a["features"]["port"]) for a in ours}
-    assert {(pids[5354], 5354), (pids[1053], 1053), (again, 5354)} <= by, ours
+    assert {(pids[5354], 5354), (pids[1053], 1053), (again, 5354), (tcp, 1053)} <= by, ours
     for a in ours:
         assert a["technique"] == "T1571" and str(a["features"]["port"]) in a["reason"]
     # once per process and port (one alert; its closing revision keeps the id): a query
@@ -127,7 +132,20 @@ for p in ports:
         s.sendto(pl, ("127.0.0.1", p)); n += 1
     for _ in range(300):
         s.sendto(os.urandom(rnd.randrange(12, 1400)), ("127.0.0.1", p)); n += 1
-print(json.dumps({"pid": os.getpid(), "sent": n}), flush=True)
+# TCP: pushed segments, some with a length prefix that covers them exactly
+import time
+t = socket.create_connection(("127.0.0.1", ports[0]), timeout=3)
+t.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+tcp = [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x16\x03\x01\x02\x00\x01" + os.urandom(506)]
+tcp += [struct.pack("!H", len(pl)) + pl for pl in payloads if len(pl) >= 17]
+tcp += [struct.pack("!H", 98) + os.urandom(98) for _ in range(100)]
+framed = 0
+for pl in tcp:
+    t.sendall(pl)
+    framed += struct.unpack("!H", pl[:2])[0] + 2 == len(pl)
+    time.sleep(0.002)
+t.close()
+print(json.dumps({"pid": os.getpid(), "sent": n, "framed": framed}), flush=True)
 """
 
 
@@ -145,6 +163,20 @@ def test_ordinary_udp_on_random_ports_is_examined_and_not_taken_for_dns(tmp_path
             continue
         sinks.append(s)
         ports.append(p)
+    tcp_srv = socket.create_server(("127.0.0.1", ports[0]))
+    got = []
+
+    def drain():
+        c, _ = tcp_srv.accept()
+        while True:
+            d = c.recv(65536)
+            if not d:
+                break
+            got.append(d)
+        c.close()
+
+    th = threading.Thread(target=drain, daemon=True)
+    th.start()
     summary = tmp_path / "summary.json"
     try:
         live = start_live(53, 4, "--summary-json", str(summary))
@@ -157,13 +189,18 @@ def test_ordinary_udp_on_random_ports_is_examined_and_not_taken_for_dns(tmp_path
     finally:
         for s in sinks:
             s.close()
+        th.join(5)
+        tcp_srv.close()
+    assert got, "the TCP listener received nothing"
     evs, alerts = records(out)
     mine = [e for e in evs if e.get("dport") in ports or e.get("sport") in ports]
     assert mine == [], mine[:3]
     assert not [a for a in alerts if a["rule_id"] == RULE and a.get("pid") == sent["pid"]]
     s = json.loads(summary.read_text())
-    # every datagram crossed the content check (twice on loopback: egress and ingress)
-    assert s["content_examined"] >= 2 * sent["sent"], (s["content_examined"], sent)
+    # every datagram and every length-framed segment crossed the content check (twice on
+    # loopback: egress and ingress)
+    assert sent["framed"] >= 100
+    assert s["content_examined"] >= 2 * (sent["sent"] + sent["framed"]), (s["content_examined"], sent)
 
 
 # --- the detector alone -------------------------------------------------------------
