@@ -134,7 +134,7 @@ for p in ports:
         s.sendto(os.urandom(rnd.randrange(12, 1400)), ("127.0.0.1", p)); n += 1
 # TCP: pushed segments, some with a length prefix that covers them exactly
 import time
-t = socket.create_connection(("127.0.0.1", ports[0]), timeout=3)
+t = socket.create_connection(("127.0.0.1", int(sys.argv[3])), timeout=3)
 t.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 tcp = [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x16\x03\x01\x02\x00\x01" + os.urandom(506)]
 tcp += [struct.pack("!H", len(pl)) + pl for pl in payloads if len(pl) >= 17]
@@ -163,7 +163,8 @@ def test_ordinary_udp_on_random_ports_is_examined_and_not_taken_for_dns(tmp_path
             continue
         sinks.append(s)
         ports.append(p)
-    tcp_srv = socket.create_server(("127.0.0.1", ports[0]))
+    tcp_srv = socket.create_server(("127.0.0.1", 0))
+    tcp_port = tcp_srv.getsockname()[1]
     got = []
 
     def drain():
@@ -180,7 +181,7 @@ def test_ordinary_udp_on_random_ports_is_examined_and_not_taken_for_dns(tmp_path
     summary = tmp_path / "summary.json"
     try:
         live = start_live(53, 4, "--summary-json", str(summary))
-        r = subprocess.run([sys.executable, "-c", NOT_DNS_CLIENT, "7", ",".join(map(str, ports))],
+        r = subprocess.run([sys.executable, "-c", NOT_DNS_CLIENT, "7", ",".join(map(str, ports)), str(tcp_port)],
                            capture_output=True, text=True, timeout=30)
         assert r.returncode == 0, r.stderr
         sent = json.loads(r.stdout)
@@ -193,6 +194,7 @@ def test_ordinary_udp_on_random_ports_is_examined_and_not_taken_for_dns(tmp_path
         tcp_srv.close()
     assert got, "the TCP listener received nothing"
     evs, alerts = records(out)
+    ports.append(tcp_port)
     mine = [e for e in evs if e.get("dport") in ports or e.get("sport") in ports]
     assert mine == [], mine[:3]
     assert not [a for a in alerts if a["rule_id"] == RULE and a.get("pid") == sent["pid"]]
