@@ -28,7 +28,7 @@ from detector.capture.pcapwrite import ETH4, ip4, tcp
 from detector.dns import wire
 from detector.ruleset import RuleError
 
-LINKTYPES = (1, 101, 113, 276, 0, 12, 228, 229)
+LINKTYPES = (1, 101, 113, 276, 0, 12, 228, 229, 10, 129, 149, 192, 239, 258, 9, 50)
 _TMP = tempfile.mkdtemp(prefix="detector-fuzz-")
 
 
