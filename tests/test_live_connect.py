@@ -153,8 +153,8 @@ def test_detector_learns_flagged_answers_and_alerts_once_per_process_and_address
     d.on_watch = lambda ip, ts: pushed.append((ip, ts))
     d.process(_response("c2.bad.example", "192.0.2.9"))  # nothing flagged yet
     assert d.process_conn(_conn("192.0.2.9")) == [] and pushed == []
-    d.observe(_finding("denylist", "example", listed="bad.example"))
-    d.observe(_finding("resolvers", "good.example"))  # not a flagging category
+    d.observe_finding(_finding("denylist", "example", listed="bad.example"))
+    d.observe_finding(_finding("resolvers", "good.example"))  # not a flagging category
     d.process(_response("c2.bad.example", "192.0.2.9"))
     d.process(_response("www.good.example", "192.0.2.10"))
     assert pushed == [("192.0.2.9", 5.0)]
@@ -167,5 +167,43 @@ def test_detector_learns_flagged_answers_and_alerts_once_per_process_and_address
     # a finding raised on a response (a DGA name that resolved) flags its answers at once
     g = _finding("dga", "kq3vx9.example")
     g.event = _response("kq3vx9.example", "198.51.100.4")
-    d.observe(g)
+    d.observe_finding(g)
     assert ("198.51.100.4", 5.0) in pushed and len(d.process_conn(_conn("198.51.100.4"))) == 1
+
+
+def test_the_pipeline_feeds_every_finding_to_the_flagged_connect_detector(tmp_path):
+    """Not only in live capture: the pipeline itself hands each finding to the
+    detectors that learn from findings, so replay and consume confirm too."""
+    from detector.pipeline.run import Pipeline
+
+    deny = tmp_path / "deny.yaml"
+    deny.write_text("id: deny-test\ntitle: t\ndetector: denylist\nseverity: high\n"
+                    "technique: {id: T1071.004, name: DNS}\nparams: {domains: [bad.example]}\n")
+    rs = load_rules([REPO / "rules" / "flagged-connect.yaml", deny])
+
+    class Out:
+        def __init__(self):
+            self.docs = []
+
+        def write(self, doc, key=None):
+            self.docs.append(doc)
+
+        def flush(self):
+            pass
+
+        def close(self):
+            pass
+
+    out = Out()
+    pipe = Pipeline(rs, [out], fmt="jsonl")
+    q = _response("c2.bad.example", "192.0.2.9")
+    q.flags, q.kind, q.answers, q.src_ip, q.dst_ip = 0x0100, "query", [], "127.0.0.1", "127.0.0.1"
+    q.src_port, q.dst_port, q.ts = 40000, 53, 4.9
+    pipe.process(q)
+    pipe.process(_response("c2.bad.example", "192.0.2.9"))
+    pipe.process_conn(_conn("192.0.2.9"))
+    pipe.close()
+    # one alert each (the flagged connect's revision at close carries the same id)
+    assert sorted({(d["rule_id"], d["alert_id"]) for d in out.docs})[0][0] == "deny-test"
+    assert len({d["alert_id"] for d in out.docs if d["rule_id"] == "dns-flagged-connect"}) == 1, out.docs
+    assert out.docs[-1]["features"]["resolved_from"] == "c2.bad.example"

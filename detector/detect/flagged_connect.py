@@ -2,8 +2,8 @@
 
 A DGA, tunnel or denylist finding says a name is bad; the connection that
 follows its answer is the C2 channel or the download. This detector keeps the
-domains other rules raised findings on (:meth:`FlaggedConnect.observe`, fed
-every finding of the pipeline by :func:`attach`), learns the A/AAAA answers of
+domains other rules raised findings on (:meth:`FlaggedConnect.observe_finding`:
+the pipeline feeds it every finding, before suppression), learns the A/AAAA answers of
 responses for those names (as resolvers.py learns DoH addresses), and raises a
 high-severity finding when a process connects to one of those addresses: once
 per process and address.
@@ -69,7 +69,7 @@ class FlaggedConnect(Detector):
         self.on_unwatch: Callable[[str], None] | None = None
 
     # --- learning ---------------------------------------------------------------
-    def observe(self, f: Finding) -> None:
+    def observe_finding(self, f: Finding) -> None:
         """A finding of the pipeline (any rule): a DGA, tunnel or denylist one flags
         its domain (the listed one for a denylist), and the answers of its own
         event, when it is a response, at once."""
@@ -148,21 +148,10 @@ class FlaggedConnect(Detector):
 
 def attach(pipe, watch: Callable[[str, float], None] | None = None,
            unwatch: Callable[[str], None] | None = None) -> list[FlaggedConnect]:
-    """Feed every finding of ``pipe`` to its flagged_connect detectors (before
-    suppression, so each name of a DGA campaign counts), and give them the
-    capture's ``watch``/``unwatch``. Returns those detectors (none: nothing done)."""
+    """Give ``pipe``'s flagged_connect detectors the capture's ``watch``/``unwatch``
+    (live capture: the kernel then reports connects to those addresses). Returns
+    those detectors (none: nothing done)."""
     ds = [d for d in pipe.detectors if isinstance(d, FlaggedConnect)]
-    if not ds:
-        return ds
-    sup = pipe.suppressor
-    offer = sup.offer
-
-    def offer_and_observe(f: Finding):
-        for d in ds:
-            d.observe(f)
-        return offer(f)
-
-    sup.offer = offer_and_observe
     for d in ds:
         d.on_watch, d.on_unwatch = watch, unwatch
     return ds

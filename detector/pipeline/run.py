@@ -107,6 +107,9 @@ class Pipeline:
             k: [d for d in self.detectors if k in d.kinds] for k in ("query", "response", "unanswered")
         }
         self._conn_detectors = [d for d in self.detectors if hasattr(d, "process_conn")]
+        # detectors that learn from other rules' findings (flagged_connect: the names a
+        # DGA, tunnel or denylist finding named), fed every finding before suppression
+        self._finding_observers = [d for d in self.detectors if hasattr(d, "observe_finding")]
         self._next_tick = None
         self.last_ts = 0.0
         tune_gc()
@@ -231,6 +234,14 @@ class Pipeline:
             if not f.ts:
                 f.ts = self.last_ts
             self.stats.findings += 1
+            for o in self._finding_observers:
+                if o is not d:
+                    try:
+                        o.observe_finding(f)
+                    except Exception:  # one bad detector must not stop the others
+                        self.stats.detector_errors += 1
+                        if self.stats.detector_errors <= 5:
+                            log.exception("detector %s failed observing a finding", o.rule.id)
             for g, aid, extra in self.suppressor.offer(f):
                 self._emit(g, aid, extra)
 
