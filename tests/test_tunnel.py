@@ -321,3 +321,40 @@ def test_real_dns2tcp_session_raises_the_tunnel_alert(tmp_path):
             assert r.returncode == 0, r.stderr
             time.sleep(2)
     _assert_tunnel_alert_within_5s(pcap, "dns2tcp", "10.98.0.1", "d2.test")
+
+
+def test_a_tunnel_behind_a_malformed_trailer_still_alerts(data, tmp_path):
+    """Best-effort decoding keeps what precedes the damage, and detectors see the
+    message: garbage appended to every query of a real dns2tcp session (an extra
+    additional record whose name points out of the message) must not hide it."""
+    import dpkt
+
+    src = data / "tunnel" / "dns2tcp_netrack_2018-03-23.pcap"
+    bad = tmp_path / "dns2tcp-trailer.pcap"
+    damaged = 0
+    with open(src, "rb") as f, open(bad, "wb") as g:
+        r = dpkt.pcap.Reader(f)
+        w = dpkt.pcap.Writer(g, linktype=r.datalink())
+        for ts, buf in r:
+            eth = dpkt.ethernet.Ethernet(buf)
+            ip = eth.data
+            udp = getattr(ip, "data", None)
+            if isinstance(udp, dpkt.udp.UDP) and udp.dport == 53 and len(udp.data) >= 12:
+                p = bytearray(udp.data)
+                p[10:12] = (int.from_bytes(p[10:12], "big") + 1).to_bytes(2, "big")  # arcount + 1
+                udp.data = bytes(p) + b"\xff\xff\x00\x01"  # a pointer past the end, then junk
+                udp.ulen = 8 + len(udp.data)
+                udp.sum = 0
+                ip.len = ip.__hdr_len__ + len(ip.opts) + udp.ulen
+                ip.sum = 0
+                damaged += 1
+            w.writepkt(bytes(eth), ts)
+    assert damaged > 1000
+    from detector.capture.layers import PacketDecoder
+    from detector.capture.pcap import PcapReader
+
+    dec = PacketDecoder()
+    evs = [e for ts, lt, fr in PcapReader(str(bad)) for e in dec.frame(ts, lt, fr)]
+    queries = [e for e in evs if not e.qr]
+    assert queries and all(e.malformed for e in queries) and all(e.questions for e in queries)
+    _assert_tunnel_alert_within_5s(bad, "dns2tcp", "172.17.0.3", "hidemyself.org")
