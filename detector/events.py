@@ -176,6 +176,10 @@ class DnsEvent:
     # decoded: the reason (``truncated_record``, ``bad_pointer``, ``capture_truncated``...);
     # what came before the damage is kept, and detectors still see the event
     malformed: str = field(default="", metadata=W("m", optional=True))
+    # set by live capture for a message read in clear from a TLS library
+    # (detector/capture/tls.py): "doh" or "dot"; "" for DNS seen on the wire.
+    # ``transport`` stays "tcp" (the ECS network.transport of such a message)
+    protocol: str = field(default="", metadata=W("pr", optional=True))
 
     # --- header accessors ---------------------------------------------------
     @property

@@ -256,9 +256,11 @@ class LiveCapture:
     def __init__(self, ports: frozenset[int] | set[int] = frozenset({53}),
                  conn_ports: tuple[int, ...] = CONN_PORTS,
                  on_overload: Callable[[Finding], None] | None = None,
-                 drop_privileges: bool = False, any_port: bool = True) -> None:
+                 drop_privileges: bool = False, any_port: bool = True, tls: bool = False) -> None:
         """``any_port``: also take UDP payloads on other ports that hold a DNS message
-        (recognized by content in bpf/dns_skb.c); False watches ``ports`` only."""
+        (recognized by content in bpf/dns_skb.c); False watches ``ports`` only.
+        ``tls``: DoH and DoT in clear text too, from uprobes on libssl (bpf/dns_tls.c,
+        detector/capture/tls.py)."""
         check_requirements()
         from bcc import BPF, BPFAttachType
 
@@ -308,6 +310,15 @@ class LiveCapture:
             raise DetectorError(f"mapping the BPF ring buffer failed: {e}", errors.BPF_REJECTED) from None
         self.cg_fd = os.open(cgroup2_root(), os.O_RDONLY)
         atexit.register(self.close)
+        self.tls = None
+        if tls:  # uprobes on libssl: attached while the privileges to do so are held
+            from detector.capture.tls import TlsCapture
+
+            try:
+                self.tls = TlsCapture()
+            except BaseException:
+                self.close()
+                raise
         try:
             for fn, atype in self.fns:
                 BPF.attach_func(fn, self.cg_fd, atype, BPF_F_ALLOW_MULTI)
@@ -412,6 +423,8 @@ class LiveCapture:
         st["flagged_addresses"] = len(self._flagged)
         st["backlog"] = self._drained - self._parsed
         st.update(self.tcp.counters())  # reassembly: gaps, out-of-window, evictions, held bytes
+        if self.tls is not None:
+            st.update(self.tls.stats())  # DoH/DoT from libssl: calls copied, messages, connections
         return c
 
     # --- reading ----------------------------------------------------------------
@@ -427,6 +440,8 @@ class LiveCapture:
         stop = self._stop
         while not stop.is_set():
             n = self._drain_once()
+            if self.tls is not None:
+                n += self.tls.drain()
             now = time.monotonic()
             if now >= self._next_control:
                 self._next_control = now + CONTROL_INTERVAL
@@ -491,6 +506,8 @@ class LiveCapture:
             self._parse(chunk, offs, out)
             n += len(offs)
             self._parsed += len(offs)
+        if self.tls is not None:  # DoH/DoT messages read from libssl (and held copies due)
+            self.tls.parse_queued(out, self._owner, self.mono_to_wall)
         now = time.monotonic()
         if now >= self._tcp_next:  # holes on quiet streams given up, idle streams forgotten
             self._tcp_next = now + 1.0
@@ -668,6 +685,11 @@ class LiveCapture:
                         "container_id": a.container_id}
             self._stats["stub_linked"] += 1
 
+    def _owner(self, okey: bytes) -> ProcessInfo | None:
+        """struct owner bytes -> ProcessInfo, from the cache when there."""
+        p = self._pinfo.get(okey, False)
+        return self._process(okey) if p is False else p
+
     def _process(self, okey: bytes) -> ProcessInfo | None:
         """struct owner bytes -> ProcessInfo, cached (process name, exe, container and pod
         from /proc and the kubelet's logs: detector/capture/proc.py)."""
@@ -786,6 +808,8 @@ class LiveCapture:
             stop.set()
             if self._reader is not None and self._reader is not threading.current_thread():
                 self._reader.join(timeout=1.5)
+        if getattr(self, "tls", None) is not None:
+            self.tls.close()  # detaches the uprobes
         while self.attached:
             fn, atype = self.attached.pop()
             try:

@@ -58,6 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="ports carrying DNS (default 53)")
     p.add_argument("--no-any-port", dest="any_port", action="store_false",
                    help="capture --ports only; do not look for DNS on other UDP ports by content")
+    p.add_argument("--tls", action="store_true",
+                   help="also read DoH and DoT in clear text, from uprobes on the system libssl.so.3 "
+                        "(OpenSSL): the messages enter the pipeline with their process")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary at the end")
     p.add_argument("--summary-json", metavar="FILE", help="also write the summary as JSON")
     p.add_argument("--publish-events", action="store_true",
@@ -81,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     summary_file = open_summary(args)
     # load and attach first: the capture then drops its privileges (capture/privileges.py),
     # and capabilities are per thread, so no thread may start before (Kafka clients, metrics)
-    source = LiveSource(args.ports, any_port=args.any_port)
+    source = LiveSource(args.ports, any_port=args.any_port, tls=args.tls)
     try:
         outputs, lanes = prepare(args, rules=rules)
     except BaseException:
@@ -121,6 +124,9 @@ def run(args: argparse.Namespace) -> int:
         if args.any_port:
             rows.append(("DNS found on other ports", f"{cs.get('content_dns', 0):,} of "
                                                      f"{cs.get('content_examined', 0):,} UDP packets examined"))
+        if args.tls:
+            rows.append(("DoH/DoT from libssl", f"{cs.get('tls_messages', 0):,} messages, "
+                                                f"{cs.get('tls_connections_dns', 0):,} connections"))
         rows += [("rule off", f"{rid}: {why}") for rid, why in off.items()]
         shed = cs.get("sampled_out", 0) + cs.get("shed_backlog", 0)
         if shed:

@@ -21,13 +21,14 @@ class LiveSource(Source):
     unit = "messages"
 
     def __init__(self, ports: frozenset[int], interval: float = POLL_INTERVAL, *,
-                 drop_privileges: bool = True, any_port: bool = True) -> None:
+                 drop_privileges: bool = True, any_port: bool = True, tls: bool = False) -> None:
         """Loads and attaches the programs, then (``drop_privileges``) keeps only what
         the running sensor needs: see detector/capture/privileges.py. ``any_port``:
-        DNS on other UDP ports too, recognized by content in the kernel."""
+        DNS on other UDP ports too, recognized by content in the kernel. ``tls``: DoH and
+        DoT in clear text from uprobes on libssl (detector/capture/tls.py)."""
         from detector.capture.live import LiveCapture
 
-        self.cap = LiveCapture(ports=ports, drop_privileges=drop_privileges, any_port=any_port)
+        self.cap = LiveCapture(ports=ports, drop_privileges=drop_privileges, any_port=any_port, tls=tls)
         self.interval = interval
         self._closed = False
 
