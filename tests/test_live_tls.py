@@ -4,7 +4,8 @@ On the real kernel (root): a DoH server on 127.0.0.1 with a self-signed
 certificate (a small Python server over the ssl module, HTTP/1.1 and, when
 the client offers it by ALPN, HTTP/2; answers made with dnslib). Two clients
 over the system libssl: Python's http.client (HTTP/1.1 POST and GET on one
-connection) and curl --doh-url (HTTP/2, curl's own BIO: no socket fd known).
+connection) and curl --doh-url (HTTP/2, curl's own BIO: no socket fd known);
+and DoT (length-prefixed messages) from a Python client to the same server.
 `detector live --tls` reports each query and response once, with the
 client's pid (the server links libssl too: its copies are dropped), and a
 denylisted name asked over DoH raises the denylist alert with the pid.
@@ -102,17 +103,45 @@ def h1(c):
             q = base64.urlsafe_b64decode(v + "=" * (-len(v) % 4))
         r = answer(q)
         c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/dns-message\r\nContent-Length: %d\r\n\r\n" % len(r) + r)
-def serve(raw):
+def dot(c):
+    while True:
+        n = int.from_bytes(recv_exact(c, 2), "big")
+        r = answer(recv_exact(c, n))
+        c.sendall(len(r).to_bytes(2, "big") + r)
+def serve(raw, handler):
     try:
         c = ctx.wrap_socket(raw, server_side=True)
-        (h2 if c.selected_alpn_protocol() == "h2" else h1)(c)
+        if handler is None:
+            handler = h2 if c.selected_alpn_protocol() == "h2" else h1
+        handler(c)
+    except (EOFError, ConnectionError):
+        pass
     except Exception as e:
         print("server:", e, file=sys.stderr, flush=True)
-s = socket.create_server(("127.0.0.1", port))
+def listen(p, handler):
+    s = socket.create_server(("127.0.0.1", p))
+    while True:
+        raw, _ = s.accept()
+        threading.Thread(target=serve, args=(raw, handler), daemon=True).start()
+threading.Thread(target=listen, args=(int(sys.argv[4]), dot), daemon=True).start()   # DoT
 print("ready", flush=True)
-while True:
-    raw, _ = s.accept()
-    threading.Thread(target=serve, args=(raw,), daemon=True).start()
+listen(port, None)                                                                     # DoH
+"""
+
+DOT_CLIENT = r"""
+import os, socket, ssl, sys, time
+from dnslib import DNSRecord
+t = ssl._create_unverified_context().wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1]))))
+for name in sys.argv[2:]:
+    q = DNSRecord.question(name).pack()
+    t.sendall(len(q).to_bytes(2, "big") + q)
+    n = int.from_bytes(t.recv(2), "big")
+    r = b""
+    while len(r) < n:
+        r += t.recv(n - len(r))
+    assert str(DNSRecord.parse(r).rr[0].rdata) == "127.0.0.1"
+time.sleep(0.5)
+print(os.getpid(), flush=True)
 """
 
 CLIENT = r"""
@@ -141,18 +170,18 @@ def doh_server(tmp_path):
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
                     "-nodes", "-subj", "/CN=127.0.0.1", "-days", "1", "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True)
-    port = free_port()
-    p = subprocess.Popen([sys.executable, "-c", SERVER, str(port), str(cert), str(key)],
+    port, dot_port = free_port(), free_port()
+    p = subprocess.Popen([sys.executable, "-c", SERVER, str(port), str(cert), str(key), str(dot_port)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "ready", p.stderr.read()
-    yield port
+    yield port, dot_port
     p.terminate()
     p.wait(5)
 
 
 @needs_root
-def test_doh_over_openssl_is_seen_with_the_clients_pid(doh_server, tmp_path):
-    port = doh_server
+def test_doh_and_dot_over_openssl_are_seen_with_the_clients_pid(doh_server, tmp_path):
+    port, dot_port = doh_server
     curl = shutil.which("curl")
     assert curl, "curl is missing"
     (tmp_path / "evil.yaml").write_text(EVIL_RULE)
@@ -168,6 +197,10 @@ def test_doh_over_openssl_is_seen_with_the_clients_pid(doh_server, tmp_path):
                           f"http://h2.doh.test:{free_port()}/"], stderr=subprocess.PIPE)
     c.wait(20)
     curl_pid = c.pid
+    r = subprocess.run([sys.executable, "-c", DOT_CLIENT, str(dot_port), "one.dot.test", "two.dot.test"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    dot_pid = int(r.stdout.strip())
     out, err = live.communicate(timeout=60)
     assert live.returncode == 0, err
     docs = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
@@ -189,10 +222,16 @@ def test_doh_over_openssl_is_seen_with_the_clients_pid(doh_server, tmp_path):
     assert len(h2) == 4, (h2, err[-2000:])
     assert {e["process"]["pid"] for e in h2} == {curl_pid}, h2
     assert {e["qtype"] for e in h2} == {"A", "AAAA"}, h2
+    # DoT: length-prefixed messages on another port, two on one connection
+    for name in ("one.dot.test", "two.dot.test"):
+        q, resp = by.get((name, "query"), []), by.get((name, "response"), [])
+        assert len(q) == 1 and len(resp) == 1, (name, q, resp)
+        assert q[0]["process"]["pid"] == resp[0]["process"]["pid"] == dot_pid, (q, resp)
+        assert q[0]["dport"] == dot_port and resp[0]["sport"] == dot_port, (q, resp)
     alerts = [d for d in docs if d.get("rule_id") == "test-denylist-doh"]
     assert alerts and all(a["pid"] == py_pid for a in alerts), alerts
     s = json.loads(summary.read_text())
-    assert s["tls_messages"] >= 10 and s["tls_connections_dns"] >= 2, s
+    assert s["tls_messages"] >= 14 and s["tls_connections_dns"] >= 3, s
     assert s["tls_duplicate_copies"] >= 10 and s["tls_lost"] == 0, s  # the server's copies
 
 
