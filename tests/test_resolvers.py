@@ -201,3 +201,28 @@ def test_real_mdns_and_llmnr_captures_never_alert(data):
                        "--resolvers", "192.0.2.53")
     assert res.returncode == 0, res.stderr
     assert [d for d in json_lines(res.stdout) if "rule_id" in d] == []
+
+
+def test_doh_and_dot_read_from_tls_are_no_rogue_resolver_and_no_odd_port(tmp_path, monkeypatch):
+    """A message `detector live --tls` read from OpenSSL (protocol doh/dot, port 443 or
+    853, or no address at all when the application does its own I/O, as curl does) is
+    judged by the bypass rule, not as DNS to an unapproved resolver on an odd port."""
+    from detector.detect import resolvers as mod
+    from detector.detect.nonstandard_port import NonStandardPort
+    from detector.detect.registry import load_rules
+    from detector.events import DnsEvent, Question
+
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("nameserver 192.0.2.1\n")
+    monkeypatch.setattr(mod, "RESOLV_CONFS", (str(conf),))
+    rules = load_rules(["rules/resolvers.yaml", "rules/nonstandard-port.yaml"])
+    mod.set_policy(rules, host_config=True)
+    res = mod.Resolvers(rules.rules[0], rules)
+    odd = NonStandardPort(next(r for r in rules.rules if r.detector == "nonstandard_port"), rules)
+    for srv, port in (("203.0.113.5", 443), ("", 0), ("203.0.113.5", 853)):
+        ev = DnsEvent(0.0, "tcp", 4, "10.0.0.9", 40000, srv, port, 1, 0x0100, 0, [Question("example.com", 1)])
+        assert res.process(ev) and odd.process(ev)  # as plain DNS both would alert
+        ev.protocol = "dot" if port == 853 else "doh"
+        res2 = mod.Resolvers(rules.rules[0], rules)
+        odd2 = NonStandardPort(next(r for r in rules.rules if r.detector == "nonstandard_port"), rules)
+        assert res2.process(ev) == [] and odd2.process(ev) == [], (srv, port)

@@ -40,6 +40,8 @@ class NonStandardPort(Detector):
         self._seen: set[tuple[str, int]] = set()
 
     def process(self, ev: DnsEvent) -> list[Finding]:
+        if ev.protocol:  # DoH/DoT read from the TLS library: its port is HTTPS's or DoT's
+            return []
         # the server's port: the destination of a query, the source of a response
         port = ev.src_port if ev.flags & 0x8000 else ev.dst_port
         if port in self.expected or ev.src_port in self.expected or ev.dst_port in self.expected:

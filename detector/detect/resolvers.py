@@ -145,6 +145,8 @@ class Resolvers(Detector):
     def process(self, ev: DnsEvent) -> list[Finding]:
         if self.off:
             return []
+        if ev.protocol:  # DoH/DoT read from the TLS library: the bypass rule judges those
+            return []
         if ev.dst_port in MULTICAST_DNS_PORTS or ev.src_port in MULTICAST_DNS_PORTS:
             return []
         srv = ev.dst_ip
