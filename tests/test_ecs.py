@@ -496,3 +496,29 @@ def test_real_update_mdns_and_edns_sections(data):
                       for d in docs[REAL_SECTIONS[2]] if d.get("dns_detector", {}).get("edns", {}).get("options"))
     assert got_opts == want_opts
     print("\nreal sections:", t.line("ecs+ocsf"))
+
+
+def test_doh_read_from_tls_without_addresses_conforms():
+    """`live --tls` reads DoH from applications that do their own I/O (curl): the event
+    has no addresses. The document leaves the address fields out (an empty string is
+    no ECS ip) and names the application protocol."""
+    ev = DnsEvent(1.0, "tcp", 4, "", 0, "", 0, 7, 0x0100, 0, [Question("example.com", 1)],
+                  process=ProcessInfo(4242, 4242, "curl", "/usr/bin/curl", 0, 0, 1, "", "curl"))
+    ev.protocol = "doh"
+    resp = copy.deepcopy(ev)
+    resp.flags, resp.kind, resp.latency = 0x8180, "response", 0.01
+    resp.answers = [Answer("example.com", 1, 60, "192.0.2.1", 4)]
+    t = Tally()
+    for e, model in ((ev, "message"), (resp, "message"), (resp, "transaction")):
+        d = render_event(e, "ecs", model)
+        assert check_ecs(d, t) == [], d
+        assert d["network"]["application"] == "doh" and d["network"]["protocol"] == "dns"
+        assert not any(k in d for k in ("source", "destination", "client", "server")), d
+        assert "" not in d.get("related", {}).get("ip", []) and "community_id" not in d["network"]
+        o = render_event(e, "ocsf", model)
+        assert check_ocsf(o, t) == [], o
+    ev2 = DnsEvent(1.0, "tcp", 4, "10.0.0.9", 40000, "10.0.0.1", 443, 7, 0x0100, 0,
+                   [Question("example.com", 1)], protocol="doh")
+    d = render_event(ev2, "ecs", "message")
+    assert check_ecs(d, t) == [] and d["destination"] == {"ip": "10.0.0.1", "port": 443}
+    assert not t.failures

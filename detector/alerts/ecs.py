@@ -247,8 +247,8 @@ def _process(ev: DnsEvent, doc: dict[str, Any]) -> None:
 
 
 def _related(ev: DnsEvent, dns: dict[str, Any]) -> dict[str, Any]:
-    ips = [ev.src_ip]
-    if ev.dst_ip != ev.src_ip:
+    ips = [ev.src_ip] if ev.src_ip else []
+    if ev.dst_ip and ev.dst_ip != ev.src_ip:
         ips.append(ev.dst_ip)
     for ip in dns.get("resolved_ip", ()):
         if ip not in ips:
@@ -261,7 +261,7 @@ def _related(ev: DnsEvent, dns: dict[str, Any]) -> dict[str, Any]:
             for h in (a.name, a.data if a.rtype in _NAME_RTYPES else ""):
                 if h and h not in hosts:
                     hosts.append(h)
-    r: dict[str, Any] = {"ip": ips}
+    r: dict[str, Any] = {"ip": ips} if ips else {}
     if hosts:
         r["hosts"] = hosts
     return r
@@ -272,6 +272,8 @@ def _network(ev: DnsEvent, doc: dict[str, Any], transaction: bool) -> None:
     cip, cport = ev.client
     sip, sport = ev.server
     net: dict[str, Any] = {"transport": ev.transport, "type": f"ipv{ev.ip_version}", "protocol": "dns"}
+    if ev.protocol:  # DNS read from the TLS library (live --tls): the application protocol
+        net["application"] = ev.protocol
     if ev.transport in PROTOCOLS:
         net["iana_number"] = str(PROTOCOLS[ev.transport])
     cid = community_id(ev.src_ip, ev.src_port, ev.dst_ip, ev.dst_port, ev.transport)
@@ -296,6 +298,14 @@ def _network(ev: DnsEvent, doc: dict[str, Any], transaction: bool) -> None:
             src["bytes"] = ev.size
         doc["source"], doc["destination"] = src, dst
     doc["client"], doc["server"] = client, server
+    if not (ev.src_ip and ev.dst_ip):  # a DoH message from an application doing its own I/O
+        for k in ("source", "destination", "client", "server"):
+            e = doc[k]
+            if not e.get("ip"):
+                e.pop("ip", None)
+                e.pop("port", None)
+            if not e:
+                del doc[k]
 
 
 def _event_type(ev: DnsEvent, transaction: bool) -> list[str]:

@@ -111,7 +111,19 @@ def _endpoints(ev: DnsEvent, transaction: bool) -> tuple[dict[str, Any], dict[st
         (sip, sport), (dip, dport) = ev.client, ev.server
     else:
         sip, sport, dip, dport = ev.src_ip, ev.src_port, ev.dst_ip, ev.dst_port
-    return {"ip": sip, "port": sport}, {"ip": dip, "port": dport}
+    if sip and dip:
+        return {"ip": sip, "port": sport}, {"ip": dip, "port": dport}
+    # DoH read from the TLS library of an application doing its own I/O: no addresses;
+    # the asking side is this host (OCSF wants at least one endpoint)
+    src = {"ip": sip, "port": sport} if sip else {}
+    dst = {"ip": dip, "port": dport} if dip else {}
+    if not (src or dst):
+        local = {"hostname": ecs.HOSTNAME}
+        if ev.qr and not transaction:
+            dst = local
+        else:
+            src = local
+    return src, dst
 
 
 def _connection(ev: DnsEvent) -> dict[str, Any]:
@@ -205,7 +217,10 @@ def event_doc(ev: DnsEvent, model: str = "message") -> dict[str, Any] | None:
         "connection_info": _connection(ev),
         "device": {"hostname": ecs.HOSTNAME, "type_id": 0, "type": "Unknown"},
     }
-    d["src_endpoint"], d["dst_endpoint"] = _endpoints(ev, transaction)
+    src, dst = _endpoints(ev, transaction)
+    for k, e in (("src_endpoint", src), ("dst_endpoint", dst)):
+        if e:
+            d[k] = e
     q = _query(ev)
     if q is not None:
         d["query"] = q
@@ -302,13 +317,15 @@ def alert_doc(f: Finding, aid: str, extra: dict[str, Any]) -> dict[str, Any]:
         q = _query(ev)
         if q is not None:
             evidence["query"] = q
-        evidence["src_endpoint"], evidence["dst_endpoint"] = _endpoints(ev, False)
+        for k, e in zip(("src_endpoint", "dst_endpoint"), _endpoints(ev, False)):
+            if e:
+                evidence[k] = e
         evidence["connection_info"] = _connection(ev)
         if ev.process is not None:
             evidence["process"] = _process(ev.process, profiles)
         d["evidences"] = [evidence]
-        obs = [("evidences[0].src_endpoint.ip", 2, "IP Address", ev.src_ip),
-               ("evidences[0].dst_endpoint.ip", 2, "IP Address", ev.dst_ip)]
+        obs = [(n, 2, "IP Address", ip) for n, ip in (("evidences[0].src_endpoint.ip", ev.src_ip),
+                                                      ("evidences[0].dst_endpoint.ip", ev.dst_ip)) if ip]
         if q is not None and q["hostname"]:
             obs.insert(0, ("evidences[0].query.hostname", 1, "Hostname", q["hostname"]))
         name = evidence.get("process", {}).get("name")
