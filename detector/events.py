@@ -292,6 +292,9 @@ class ConnEvent:
     dst_ip: str
     dst_port: int
     process: ProcessInfo | None = None
+    #: set by live capture's resolver policy (bpf/dns_enforce.c): "refused" (the
+    #: caller got EPERM) or "audit" (it would have been refused); "" otherwise
+    policy: str = ""
 
 
 # --- compact wire form (dns-events topic) -------------------------------------

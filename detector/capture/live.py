@@ -66,12 +66,14 @@ log = logging.getLogger(__name__)
 
 BPF_DIR = REPO / "bpf"
 SOURCES = ("dns_sock.c", "dns_skb.c")
+POLICY_SOURCE = "dns_enforce.c"  # --audit / --enforce only
 BPF_F_ALLOW_MULTI = 2
 PORT_DNS, PORT_CONN = 1, 2
 CONN_PORTS = (853,)
 DRAIN_INTERVAL = 0.01  # seconds between ring buffer drains
 STUB_WINDOW = 2.0  # seconds between an application's query to a stub and the stub's upstream query
 KIND_PACKET, KIND_CONNECT, KIND_FLAGGED = 0, 1, 2  # enum dns_kind
+KIND_POLICY_AUDIT, KIND_POLICY_REFUSED = 3, 4  # bpf/dns_enforce.c: would refuse / refused
 LOOKBACK = 10.0  # seconds: a connect this long before an address was flagged still counts
 DIR_EGRESS, DIR_INGRESS = 0, 1
 DUP_WINDOW = 0.25  # seconds: a message seen again this soon, same addresses and bytes, is a copy
@@ -256,11 +258,13 @@ class LiveCapture:
     def __init__(self, ports: frozenset[int] | set[int] = frozenset({53}),
                  conn_ports: tuple[int, ...] = CONN_PORTS,
                  on_overload: Callable[[Finding], None] | None = None,
-                 drop_privileges: bool = False, any_port: bool = True, tls: bool = False) -> None:
+                 drop_privileges: bool = False, any_port: bool = True, policy=None, tls: bool = False) -> None:
         """``any_port``: also take UDP payloads on other ports that hold a DNS message
         (recognized by content in bpf/dns_skb.c); False watches ``ports`` only.
         ``tls``: DoH and DoT in clear text too, from uprobes on libssl (bpf/dns_tls.c,
-        detector/capture/tls.py)."""
+        detector/capture/tls.py).
+        ``policy``: a resolver_policy.KernelPolicy to audit or enforce in the kernel
+        (bpf/dns_enforce.c, attached by BPF links: see :meth:`_attach_policy`)."""
         check_requirements()
         from bcc import BPF, BPFAttachType
 
@@ -270,10 +274,13 @@ class LiveCapture:
         self.ring: RingReader | None = None
         self._stop = threading.Event()
         self._reader: threading.Thread | None = None
-        text = "".join((BPF_DIR / s).read_text() for s in SOURCES)
+        self.policy_links: list[int] = []  # BPF link fds of bpf/dns_enforce.c: closing one detaches
+        self.policy_mode: str | None = None  # "audit" | "enforce" once attached
+        text = "".join((BPF_DIR / s).read_text() for s in SOURCES + (POLICY_SOURCE,) * (policy is not None))
         try:
             self.b = BPF(text=text, cflags=[f"-I{BPF_DIR}", "-Wno-unused-value",
-                                            f"-DDNS_ANY_PORT={1 if any_port else 0}"])
+                                            f"-DDNS_ANY_PORT={1 if any_port else 0}",
+                                            f"-DDNS_ENFORCE={int(getattr(policy, 'mode', '') == 'enforce')}"])
         except Exception as e:  # compile error: headers or BCC broken
             raise DetectorError(f"BPF programs in {BPF_DIR} did not compile: {_one_line(e)}",
                                 errors.NO_HEADERS,
@@ -328,6 +335,8 @@ class LiveCapture:
             raise DetectorError(f"attaching to the cgroup v2 root failed: {_one_line(e)}",
                                 errors.BPF_REJECTED,
                                 "is another tool holding an exclusive cgroup attachment?") from None
+        if policy is not None:
+            self._attach_policy(policy)
         # attached: from here on only what the running sensor needs (capture/privileges.py);
         # the sensor asks for it (LiveSource), a library caller may not want its process changed
         self.privileges: dict | None = None
@@ -561,6 +570,11 @@ class LiveCapture:
                 dst = a6.get(daddr)
                 if dst is None:
                     dst = a6[daddr] = ntop(socket.AF_INET6, daddr)
+            if kind >= KIND_POLICY_AUDIT:  # bpf/dns_enforce.c: outside the resolver policy
+                action = "refused" if kind == KIND_POLICY_REFUSED else "audit"
+                st[f"policy_{action}"] = st.get(f"policy_{action}", 0) + 1
+                append(ConnEvent(ts, "tcp" if proto == 6 else "udp", fam, "", 0, dst, dport, proc, action))
+                continue
             if kind != KIND_PACKET:
                 st["connects" if kind == KIND_CONNECT else "flagged_connects"] += 1
                 append(ConnEvent(ts, "tcp" if proto == 6 else "udp", fam, "", 0, dst, dport, proc))
@@ -756,6 +770,69 @@ class LiveCapture:
         except Exception as e:  # noqa: BLE001
             log.debug("unflagging %s failed: %s", ip, e)
 
+    # --- resolver policy (bpf/dns_enforce.c) --------------------------------------
+    def _attach_policy(self, policy) -> None:
+        """Fill bpf/dns_enforce.c's maps from ``policy`` (a KernelPolicy), then attach
+        its four programs to the cgroup v2 root through BPF links (capture/bpflink.py):
+        unlike BCC's attachments they go when this process ends, even on SIGKILL, so a
+        dead sensor never keeps refusing DNS. Maps first: nothing is judged on an
+        empty policy."""
+        from bcc import BPFAttachType as at
+
+        from detector.capture.bpflink import BpfLinkError, link_cgroup
+
+        b = self.b
+        try:
+            ports = b["enf_ports"]
+            for p, bits in policy.ports.items():
+                ports[ct.c_uint16(p)] = ct.c_uint8(bits)
+            doh = b["enf_doh"]
+            for ip in policy.doh:
+                key = _addr_key(ip)
+                if key is not None:
+                    doh[_ct_key(doh, key)] = ct.c_uint8(1)
+            tri = b["enf_approved"]
+            for scope, net in policy.approved:
+                k = tri.Key()
+                addr = (net.network_address.packed + b"\0" * 12)[:16]
+                raw = struct.pack("=IQ4s16s", 96 + net.prefixlen, scope, bytes([net.version, 0, 0, 0]), addr)
+                ct.memmove(ct.addressof(k), raw, len(raw))
+                tri[k] = ct.c_uint8(1)
+            cgs = b["enf_cgroups"]
+            for cg, mode in policy.cgroups.items():
+                cgs[ct.c_uint64(cg)] = ct.c_uint8(1 if mode == "exempt" else 2)
+        except Exception as e:  # noqa: BLE001 - a map too small for the policy
+            self.close()
+            raise DetectorError(f"loading the resolver policy into the kernel failed: {_one_line(e)}",
+                                errors.BPF_REJECTED) from None
+        progs = (("enf_connect4", at.CGROUP_INET4_CONNECT), ("enf_connect6", at.CGROUP_INET6_CONNECT),
+                 ("enf_sendmsg4", at.CGROUP_UDP4_SENDMSG), ("enf_sendmsg6", at.CGROUP_UDP6_SENDMSG))
+        try:
+            for name, atype in progs:
+                fn = b.load_func(name, self.BPF.CGROUP_SOCK_ADDR, attach_type=atype)
+                self.policy_links.append(link_cgroup(fn.fd, self.cg_fd, atype))
+        except (BpfLinkError, Exception) as e:  # noqa: BLE001 - verifier or link refused
+            self.close()
+            raise DetectorError(f"attaching the resolver policy failed: {_one_line(e)}", errors.BPF_REJECTED,
+                                "BPF links on cgroups need Linux 5.7 or later") from None
+        self.policy_mode = policy.mode
+        log.info("resolver policy (%s): %d approved networks, %d DoH addresses, %d cgroups",
+                 policy.mode, len(policy.approved), len(policy.doh), len(policy.cgroups))
+
+    def policy_counters(self) -> dict[str, int]:
+        """bpf/dns_enforce.c's counters, summed: destinations judged against the
+        approved resolvers, and those outside them (each refusal or would-be refusal,
+        also the ones not reported again for the same socket); {} without a policy."""
+        if self.policy_mode is None:
+            return {}
+        try:
+            c = self.b["enf_counters"]
+            return {"policy_checked": int(c.sum(ct.c_int(0)).value),
+                    "policy_outside": int(c.sum(ct.c_int(1)).value),
+                    "policy_lost": int(c.sum(ct.c_int(2)).value)}
+        except Exception:  # noqa: BLE001 - not loaded, or gone at close
+            return {}
+
     # --- overload ---------------------------------------------------------------
     def overload_finding(self, now: float | None = None) -> Finding | None:
         """A ``sensor-overload`` finding when messages were shed (sampled out in the
@@ -803,6 +880,11 @@ class LiveCapture:
 
     # --- teardown ---------------------------------------------------------------
     def close(self) -> None:
+        while getattr(self, "policy_links", None):  # detaches the resolver policy first
+            try:
+                os.close(self.policy_links.pop())
+            except OSError:
+                pass
         stop = getattr(self, "_stop", None)
         if stop is not None:
             stop.set()

@@ -33,6 +33,16 @@ Resolver policy: live capture watches this host, so its own resolvers
 (/etc/resolv.conf nameservers, systemd-resolved's upstreams) are allowed, on
 top of the rules' allowlists and --resolvers; --no-host-resolvers (or
 use_host_config: false in rules/resolvers.yaml) leaves them out.
+
+Resolver policy in the kernel (off by default): --audit reports, and --enforce
+refuses (the caller's connect() or sendto() fails with EPERM), DNS on port 53
+to an address outside that policy, DNS over TLS/QUIC (853, 784) to a server
+outside it, and port 443 to a known DoH endpoint address; each one is a
+"resolver-policy-refused" alert naming the process (features.action: refused
+or audit). Loopback stubs are always allowed. --policy-cgroup PATH=exempt or
+PATH=ADDR,... gives one cgroup v2 group (a container) no policy or its own
+resolvers. The enforcing programs are attached by BPF links: they go with the
+sensor's process, even when it is killed.
 """
 
 EXAMPLES = """\
@@ -41,6 +51,8 @@ examples:
   detector live --duration 60 --events --format jsonl | jq 'select(.process.comm=="curl")'
   detector live --kafka kafka:9092 --publish-events --no-stdout   a sensor feeding consumers
   detector live --ports 53,5353,8053 --metrics-port 9464
+  detector live --audit --resolvers 10.0.0.53     what --enforce would refuse, as alerts
+  detector live --enforce --policy-cgroup system.slice/docker-ID.scope=exempt
 
 exit codes: 0 ok, 1 alerts (with --fail-on-alert), 2 bad arguments, 4 invalid rules,
 5 output failed (alerts or events lost; the message says how many), 6 alerts kept in
@@ -67,6 +79,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="publish every DNS event to the dns-events Kafka topic (needs --kafka)")
     p.add_argument("--no-host-resolvers", dest="host_resolvers", action="store_false",
                    help="do not allow this host's resolv.conf nameservers as resolvers")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--audit", dest="policy_mode", action="store_const", const="audit",
+                      help="report, as alerts, every DNS connect/send the resolver policy would refuse")
+    mode.add_argument("--enforce", dest="policy_mode", action="store_const", const="enforce",
+                      help="refuse (EPERM) DNS, DoT, DoQ and DoH outside the resolver policy, with an alert")
+    p.add_argument("--policy-cgroup", action="append", default=[], metavar="PATH=exempt|ADDR,...",
+                   help="a cgroup v2 group (path under the cgroup2 mount) exempt from the policy, or "
+                        "with resolvers of its own (repeatable; --audit/--enforce)")
     add_pipeline_args(p)
     # The capture is this host's own traffic: its resolver configuration is the policy.
     p.set_defaults(func=run, host_resolvers=True)
@@ -81,10 +101,11 @@ def run(args: argparse.Namespace) -> int:
     check_requirements()  # before building sinks: a clear error first
     rules = load_ruleset(args)
     expect_ports(rules, args.ports)  # ports the operator says carry DNS are no non-standard port
+    policy = _policy(args, rules)
     summary_file = open_summary(args)
     # load and attach first: the capture then drops its privileges (capture/privileges.py),
     # and capabilities are per thread, so no thread may start before (Kafka clients, metrics)
-    source = LiveSource(args.ports, any_port=args.any_port, tls=args.tls)
+    source = LiveSource(args.ports, any_port=args.any_port, tls=args.tls, policy=policy)
     try:
         outputs, lanes = prepare(args, rules=rules)
     except BaseException:
@@ -103,6 +124,11 @@ def run(args: argparse.Namespace) -> int:
     source.start()
     if not args.quiet:
         ports = ",".join(str(x) for x in sorted(args.ports))
+        if policy is not None:
+            print(f"detector: resolver policy {policy.mode}: {', '.join(policy.host_networks()[:6])}"
+                  f"{' ...' if len(policy.host_networks()) > 6 else ''} and loopback "
+                  f"({len(policy.doh):,} DoH addresses, {len(policy.cgroups)} cgroups of their own)",
+                  file=sys.stderr, flush=True)
         print(f"detector: capturing DNS on ports {ports} (Ctrl-C to stop)", file=sys.stderr, flush=True)
     ARMED.set()
     try:
@@ -124,6 +150,10 @@ def run(args: argparse.Namespace) -> int:
         if args.any_port:
             rows.append(("DNS found on other ports", f"{cs.get('content_dns', 0):,} of "
                                                      f"{cs.get('content_examined', 0):,} UDP packets examined"))
+        if policy is not None:
+            verb = "refused" if policy.mode == "enforce" else "would be refused (audit)"
+            rows.append(("outside the resolver policy", f"{cs.get('policy_outside', 0):,} {verb} "
+                                                        f"({cs.get('policy_' + ('refused' if policy.mode == 'enforce' else 'audit'), 0):,} reported)"))
         if args.tls:
             rows.append(("DoH/DoT from libssl", f"{cs.get('tls_messages', 0):,} messages, "
                                                 f"{cs.get('tls_connections_dns', 0):,} connections"))
@@ -140,3 +170,21 @@ def run(args: argparse.Namespace) -> int:
     if res.interrupted:
         code = errors.INTERRUPTED
     return exit_code(outputs, code, write_summary(summary_file, summary))
+
+
+def _policy(args: argparse.Namespace, rules):
+    """The resolver policy for the kernel (--audit / --enforce), or None."""
+    mode = getattr(args, "policy_mode", None)
+    if mode is None:
+        if args.policy_cgroup:
+            raise errors.DetectorError("--policy-cgroup needs --audit or --enforce", errors.USAGE)
+        return None
+    from detector.capture.live import cgroup2_root
+    from detector.detect.resolver_policy import PolicyError, build_policy
+
+    try:
+        return build_policy(rules, mode, resolvers=tuple(str(n) for n in getattr(args, "resolvers", None) or ()),
+                            host_resolvers=args.host_resolvers, cgroups=args.policy_cgroup,
+                            cgroup_root=cgroup2_root())
+    except PolicyError as e:
+        raise errors.DetectorError(str(e), errors.USAGE) from None

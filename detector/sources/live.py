@@ -21,14 +21,15 @@ class LiveSource(Source):
     unit = "messages"
 
     def __init__(self, ports: frozenset[int], interval: float = POLL_INTERVAL, *,
-                 drop_privileges: bool = True, any_port: bool = True, tls: bool = False) -> None:
+                 drop_privileges: bool = True, any_port: bool = True, policy=None, tls: bool = False) -> None:
         """Loads and attaches the programs, then (``drop_privileges``) keeps only what
         the running sensor needs: see detector/capture/privileges.py. ``any_port``:
         DNS on other UDP ports too, recognized by content in the kernel. ``tls``: DoH and
-        DoT in clear text from uprobes on libssl (detector/capture/tls.py)."""
+        DoT in clear text from uprobes on libssl (detector/capture/tls.py). ``policy``:
+        the resolver policy to audit or enforce in the kernel (resolver_policy.KernelPolicy)."""
         from detector.capture.live import LiveCapture
 
-        self.cap = LiveCapture(ports=ports, drop_privileges=drop_privileges, any_port=any_port, tls=tls)
+        self.cap = LiveCapture(ports=ports, drop_privileges=drop_privileges, any_port=any_port, policy=policy, tls=tls)
         self.interval = interval
         self._closed = False
 
@@ -48,7 +49,7 @@ class LiveSource(Source):
                 yield Batch(evs, now=time.time())
 
     def stats(self) -> dict[str, int]:
-        return {**self.cap.stats, "lost_bpf_events": self.cap.lost}
+        return {**self.cap.stats, "lost_bpf_events": self.cap.lost, **self.cap.policy_counters()}
 
     def close(self) -> None:
         if not self._closed:
