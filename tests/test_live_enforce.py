@@ -50,13 +50,18 @@ def q(name):
     return h + b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\0\0\1\0\1"
 out = {"pid": os.getpid()}
 for step in sys.argv[1:]:
-    kind, ip, port = step.split(":")
+    kind, rest = step.split(":", 1)
+    ip, port = rest.rsplit(":", 1)
     t = time.monotonic()
     try:
-        if kind == "udp":
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)
+        if kind in ("udp", "udp6"):
+            s = socket.socket(socket.AF_INET6 if kind == "udp6" else socket.AF_INET, socket.SOCK_DGRAM)
+            s.settimeout(2)
             s.sendto(q("udp.example.com"), (ip, int(port)))
             r = s.recvfrom(2048)[0]; res = "answer " + socket.inet_ntoa(r[-4:])
+        elif kind == "tcp6":
+            s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM); s.settimeout(2)
+            s.connect((ip, int(port))); res = "connected"
         elif kind == "tcp":
             s = socket.create_connection((ip, int(port)), timeout=2); res = "connected"
         else:  # gai:NAME:0
@@ -235,7 +240,7 @@ def test_enforce_refuses_unapproved_dns_fast_and_alerts_with_the_pid(tmp_path):
     with _net() as net:
         etc = _resolvers(net)
         try:
-            live = start_live(53, 10, *ENFORCE, "--policy-cgroup", f"{cg.name}={GOOD}",
+            live = start_live(53, 10, *ENFORCE, "--policy-cgroup", f"{cg.name}={GOOD},fd00:94::/64",
                               "--rules", str(REPO / "rules"))
             assert any(name.startswith("enf_connect4") for _, _, name in _attached())
             dig_bad = dig(net, cg, BAD)
@@ -243,6 +248,10 @@ def test_enforce_refuses_unapproved_dns_fast_and_alerts_with_the_pid(tmp_path):
             gai = client(net, cg, "gai:gai.example.com:0")
             sock = client(net, cg, f"udp:{BAD}:53", f"udp:{GOOD}:53", f"tcp:{BAD}:53", f"tcp:{BAD}:853",
                           "tcp:1.1.1.1:443", "tcp:192.0.2.7:443")
+            # IPv6 (connect6, sendmsg6): no route from the namespace, so anything
+            # but EPERM means the policy let it through
+            six = client(net, cg, "udp6:fd00:53::3:53", "udp6:fd00:94::3:53", "tcp6:2606:4700:4700::1111:443",
+                         "udp6:::ffff:10.94.0.3:53")
             out, err = live.communicate(timeout=60)
             assert live.returncode == 0, err
         finally:
@@ -259,6 +268,10 @@ def test_enforce_refuses_unapproved_dns_fast_and_alerts_with_the_pid(tmp_path):
     assert sock[f"tcp:{BAD}:853"][0] == f"errno {errno.EPERM}", sock  # DoT: no SYN, no ECONNREFUSED
     assert sock["tcp:1.1.1.1:443"][0] == f"errno {errno.EPERM}", sock  # a known DoH address
     assert sock["tcp:192.0.2.7:443"][0] != f"errno {errno.EPERM}", sock  # any other HTTPS
+    assert six["udp6:fd00:53::3:53"][0] == f"errno {errno.EPERM}", six
+    assert six["udp6:fd00:94::3:53"][0] != f"errno {errno.EPERM}", six  # the cgroup's own network
+    assert six["tcp6:2606:4700:4700::1111:443"][0] == f"errno {errno.EPERM}", six  # a DoH address
+    assert six["udp6:::ffff:10.94.0.3:53"][0] == f"errno {errno.EPERM}", six  # IPv4-mapped: as IPv4
     alerts = _alerts(out)
     by_pid = {}
     for a in alerts:
@@ -269,6 +282,8 @@ def test_enforce_refuses_unapproved_dns_fast_and_alerts_with_the_pid(tmp_path):
     mine = {(a["features"]["server"], a["features"]["port"], a["features"]["method"]) for a in by_pid[sock["pid"]]}
     assert mine == {(BAD, 53, "dns"), (BAD, 853, "dot"), ("1.1.1.1", 443, "doh")}, mine
     assert all(a["dst"] == BAD for a in by_pid[dig_bad[0]])
+    six_seen = {(a["features"]["server"], a["features"]["port"]) for a in by_pid[six["pid"]]}
+    assert six_seen == {("fd00:53::3", 53), ("2606:4700:4700::1111", 443), (BAD, 53)}, six_seen
     assert "refused" in by_pid[dig_bad[0]][0]["reason"]
 
 
