@@ -217,7 +217,9 @@ def overhead(detector: list[str], seconds: float) -> int:
     BPF_STATS.write_text("1")
     rows = []
     try:
-        for mode, flags in (("any port", []), ("--no-any-port", ["--no-any-port"])):
+        for mode, flags in (("any port", []), ("--no-any-port", ["--no-any-port"]),
+                            ("--audit", ["--audit", "--resolvers", "127.0.0.0/8"]),
+                            ("--enforce", ["--enforce", "--resolvers", "127.0.0.0/8"])):
             p = subprocess.Popen(detector + ["live", "--ports", "53", "--format", "jsonl", *flags],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO)
             try:
@@ -243,16 +245,83 @@ def overhead(detector: list[str], seconds: float) -> int:
                 runs = b.get(kind, [0, 0])[1] - a.get(kind, [0, 0])[1]
                 return runs, ns / runs if runs else float("nan")
 
+            sock_ns = s2.get("cgroup_sock_addr", [0, 0])[0] - s1.get("cgroup_sock_addr", [0, 0])[0]
             rows.append((mode, udp, per_run(s0, s1, "cgroup_skb"), per_run(s0, s1, "cgroup_sock_addr"),
-                         conns, per_run(s1, s2, "cgroup_sock_addr")))
+                         conns, per_run(s1, s2, "cgroup_sock_addr"), sock_ns / conns if conns else 0.0))
     finally:
         BPF_STATS.write_text(old)
     print(f"\nkernel programs, ns per run (kernel.bpf_stats_enabled; {seconds / 2:.0f} s of each load)")
     print(f"{'mode':<15}{'UDP sent':>10}{'skb runs':>10}{'ns/skb':>8}{'sendmsg runs':>13}{'ns/sendmsg':>11}"
-          f"{'connects':>10}{'sock runs':>10}{'ns/connect':>11}")
-    for mode, udp, (sr, sns), (mr, mns), conns, (cr, cns) in rows:
-        print(f"{mode:<15}{udp:>10,}{sr:>10,}{sns:>8.0f}{mr:>13,}{mns:>11.0f}{conns:>10,}{cr:>10,}{cns:>11.0f}")
+          f"{'connects':>10}{'sock runs':>10}{'ns/run':>8}{'ns/connect()':>13}")
+    for mode, udp, (sr, sns), (mr, mns), conns, (cr, cns), per_conn in rows:
+        print(f"{mode:<15}{udp:>10,}{sr:>10,}{sns:>8.0f}{mr:>13,}{mns:>11.0f}{conns:>10,}{cr:>10,}{cns:>8.0f}"
+              f"{per_conn:>13.0f}")
+    print("(--audit/--enforce add dns_enforce.c's programs to each connect: ns/connect() is all the\n"
+          " sock_addr programs a connect() runs, summed; the policy approves 127.0.0.0/8, so nothing is refused)")
+    tls_overhead(detector, seconds)
     return 0
+
+
+TLS_PAIRS = r"""
+import ssl, sys, time
+cert, key, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+sc = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); sc.load_cert_chain(cert, key)
+cc = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); cc.check_hostname = False; cc.verify_mode = ssl.CERT_NONE
+a, b, c, d = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
+srv = sc.wrap_bio(a, b, server_side=True); cli = cc.wrap_bio(c, d)
+def pump():
+    if d.pending: a.write(d.read())
+    if b.pending: c.write(b.read())
+for _ in range(20):
+    for s in (cli, srv):
+        try: s.do_handshake()
+        except ssl.SSLWantReadError: pass
+    pump()
+msg = b"x" * 100
+t = time.perf_counter()
+for _ in range(n):
+    cli.write(msg); pump(); srv.read(4096)
+print((time.perf_counter() - t) / n * 1e6)
+"""
+
+
+def tls_overhead(detector: list[str], seconds: float, pairs: int = 20_000) -> None:
+    """µs per SSL_write + SSL_read pair (OpenSSL over memory BIOs, one process) without
+    the sensor, with `detector live`, and with `detector live --tls` (its uprobes)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cert, key = f"{tmp}/cert.pem", f"{tmp}/key.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                        "-nodes", "-subj", "/CN=bench", "-days", "1", "-keyout", key, "-out", cert],
+                       capture_output=True, check=True)
+
+        def pair_us() -> float:
+            r = subprocess.run([sys.executable, "-c", TLS_PAIRS, cert, key, str(pairs)],
+                               capture_output=True, text=True, check=True)
+            return float(r.stdout.strip())
+
+        res = [("no sensor", pair_us())]
+        for mode, flags in (("live", []), ("live --tls", ["--tls"])):
+            p = subprocess.Popen(detector + ["live", "--ports", "53", "--format", "jsonl", *flags],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO)
+            try:
+                t = time.monotonic()
+                while time.monotonic() - t < 120:
+                    line = p.stderr.readline()
+                    if "capturing DNS" in line or not line:
+                        break
+                res.append((mode, pair_us()))
+            finally:
+                p.send_signal(signal.SIGINT)
+                try:
+                    p.communicate(timeout=60)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+    base = res[0][1]
+    print(f"\nOpenSSL write+read pair (100 bytes, memory BIOs), {pairs:,} pairs")
+    for mode, us in res:
+        print(f"{mode:<15}{us:>8.1f} us per pair{us - base:>+9.1f} us")
 
 
 def main() -> int:
