@@ -38,6 +38,7 @@ Run it alone: flock /tmp/bench.lock .venv/bin/python bench/live.py
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -211,6 +212,26 @@ def connect_load(seconds: float) -> int:
     return n
 
 
+@contextlib.contextmanager
+def running_sensor(detector: list[str], flags: list[str]):
+    """`detector live --ports 53 FLAGS`, once it says it is capturing; stopped with SIGINT."""
+    p = subprocess.Popen(detector + ["live", "--ports", "53", "--format", "jsonl", *flags],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        t = time.monotonic()
+        while time.monotonic() - t < 120:
+            line = p.stderr.readline()
+            if "capturing DNS" in line or not line:
+                break
+        yield p
+    finally:
+        p.send_signal(signal.SIGINT)
+        try:
+            p.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def overhead(detector: list[str], seconds: float) -> int:
     """The kernel programs' cost per run, with and without the content check."""
     old = BPF_STATS.read_text().strip()
@@ -220,25 +241,12 @@ def overhead(detector: list[str], seconds: float) -> int:
         for mode, flags in (("any port", []), ("--no-any-port", ["--no-any-port"]),
                             ("--audit", ["--audit", "--resolvers", "127.0.0.0/8"]),
                             ("--enforce", ["--enforce", "--resolvers", "127.0.0.0/8"])):
-            p = subprocess.Popen(detector + ["live", "--ports", "53", "--format", "jsonl", *flags],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO)
-            try:
-                t = time.monotonic()
-                while time.monotonic() - t < 120:
-                    line = p.stderr.readline()
-                    if "capturing DNS" in line or not line:
-                        break
+            with running_sensor(detector, flags) as p:
                 s0 = prog_stats(p.pid)
                 udp = udp_load(seconds / 2)
                 s1 = prog_stats(p.pid)
                 conns = connect_load(seconds / 2)
                 s2 = prog_stats(p.pid)
-            finally:
-                p.send_signal(signal.SIGINT)
-                try:
-                    p.communicate(timeout=60)
-                except subprocess.TimeoutExpired:
-                    p.kill()
 
             def per_run(a, b, kind):
                 ns = b.get(kind, [0, 0])[0] - a.get(kind, [0, 0])[0]
@@ -303,21 +311,8 @@ def tls_overhead(detector: list[str], seconds: float, pairs: int = 20_000) -> No
 
         res = [("no sensor", pair_us())]
         for mode, flags in (("live", []), ("live --tls", ["--tls"])):
-            p = subprocess.Popen(detector + ["live", "--ports", "53", "--format", "jsonl", *flags],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO)
-            try:
-                t = time.monotonic()
-                while time.monotonic() - t < 120:
-                    line = p.stderr.readline()
-                    if "capturing DNS" in line or not line:
-                        break
+            with running_sensor(detector, flags):
                 res.append((mode, pair_us()))
-            finally:
-                p.send_signal(signal.SIGINT)
-                try:
-                    p.communicate(timeout=60)
-                except subprocess.TimeoutExpired:
-                    p.kill()
     base = res[0][1]
     print(f"\nOpenSSL write+read pair (100 bytes, memory BIOs), {pairs:,} pairs")
     for mode, us in res:
