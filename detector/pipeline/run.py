@@ -106,6 +106,10 @@ class Pipeline:
         self._by_kind: dict[str, list[Detector]] = {
             k: [d for d in self.detectors if k in d.kinds] for k in ("query", "response", "unanswered")
         }
+        # per kind, the detectors' bound process methods: one lookup per kind, not one
+        # attribute lookup per detector per message
+        self._procs: dict[str, list[tuple[Detector, Callable]]] = {
+            k: [(d, d.process) for d in ds] for k, ds in self._by_kind.items()}
         self._conn_detectors = [d for d in self.detectors if hasattr(d, "process_conn")]
         # detectors that learn from other rules' findings (flagged_connect: the names a
         # DGA, tunnel or denylist finding named), fed every finding before suppression
@@ -117,20 +121,22 @@ class Pipeline:
     # --- input ----------------------------------------------------------------
     def process(self, ev: DnsEvent) -> None:
         """Feed one decoded DNS message (query or response)."""
-        c = self.correlator
-        if ev.ts >= c.next_expire:
-            for u in c.expire(ev.ts):
-                self._handle(u)
-        extra = c.pair(ev)
-        if extra is not None:
-            self._handle(extra)
-        self._handle(ev)
+        self.process_many((ev,))
 
     def process_many(self, evs: Iterable[DnsEvent]) -> None:
-        """Feed a batch of decoded DNS messages, in time order (what a Source yields)."""
-        process = self.process
+        """Feed a batch of decoded DNS messages, in time order (what a Source yields).
+        An exception propagates with ``evs`` consumed up to the event that raised."""
+        c = self.correlator
+        pair = c.pair
+        handle = self._handle
         for ev in evs:
-            process(ev)
+            if ev.ts >= c.next_expire:
+                for u in c.expire(ev.ts):
+                    handle(u)
+            extra = pair(ev)
+            if extra is not None:
+                handle(extra)
+            handle(ev)
 
     def process_conn(self, conn: object) -> None:
         """Feed a non-DNS connection record (DoT, DoH) to the event publisher and the
@@ -186,22 +192,25 @@ class Pipeline:
         ts = e.ts
         if ts > self.last_ts:
             self.last_ts = ts
-        if self._next_tick is None:
+        nt = self._next_tick
+        if nt is None:
             self._next_tick = ts + TICK
-        elif ts >= self._next_tick:
+        elif ts >= nt:
             self._tick(ts)
-        for w in self._raw_sinks:
-            w(e)
+        if self._raw_sinks:
+            for w in self._raw_sinks:
+                w(e)
         if self._doc_sinks:
             doc = render_event(e, self.fmt, self.event_model)
             if doc is not None:  # the transaction model writes a query with its response
                 for s in self._doc_sinks:
                     s.write(doc, e.registered_domain)
-        for o in self.observers:
-            o(e)
-        for d in self._by_kind[kind]:
+        if self.observers:
+            for o in self.observers:
+                o(e)
+        for d, proc in self._procs[kind]:
             try:
-                fs = d.process(e)
+                fs = proc(e)
             except Exception:  # one bad detector must not stop the others
                 st.detector_errors += 1
                 if st.detector_errors <= 5:
