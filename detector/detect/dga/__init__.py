@@ -54,7 +54,7 @@ from collections import OrderedDict
 
 from detector.detect.base import NAME_CACHE, Detector, entity_of, register
 from detector.detect.dga import features as _features  # noqa: F401 - re-exported module
-from detector.detect.dga.features import FEATURE_VERSION, scored_domain, split_label
+from detector.detect.dga.features import FEATURE_VERSION, label_and_tld, scored_domain, split_label
 from detector.detect.dga.model import DgaModel, default_model
 from detector.detect.dga.prevalence import Prevalence, shared
 from detector.errors import DetectorError
@@ -86,7 +86,7 @@ def excluded(name: str) -> str | None:
 
 def shape_of(label: str) -> str:
     """The alphabet class of a generated label: what one generator keeps fixed."""
-    has_digit = any(c.isdigit() for c in label)
+    has_digit = any(map(str.isdigit, label))
     if "-" in label:
         return "hyphenated"
     if not has_digit:
@@ -152,13 +152,17 @@ class Dga(Detector):
         self.prevalence = (shared(self.prevalence_path, int(self.p["max_prevalence"]))
                            if self.prevalence_path else Prevalence(int(self.p["max_prevalence"])))
         self.windows: OrderedDict[str, _Entity] = OrderedDict()
-        self.pending: list[tuple[DnsEvent, str]] = []
+        self.pending: list[tuple[DnsEvent, str]] = []  # (event, key) to judge, in event order
+        self.queued = 0  # events in the batch: the pending ones and those already skipped
         self.skipped: dict[str, int] = {}
         self.half = float(self.p["window"]) / 2
         self.save_errors = 0
         self._names: dict[str, tuple[str | None, str]] = {}  # name as sent -> (excluded why, key)
         self.scores: dict[str, float] = {}  # scored name -> model score (bounded)
         self._info: dict[str, tuple[int, str, str]] = {}  # scored name -> (label length, shape, TLD)
+        self._min_clients = self.p["prevalent_clients"]
+        self._min_days = self.p["prevalent_days"]
+        self._batch = self.p["batch"]
 
     @staticmethod
     def check_rule(rule) -> str | None:
@@ -175,16 +179,15 @@ class Dga(Detector):
         return None
 
     def process(self, ev: DnsEvent) -> list[Finding]:
-        kind = ev.kind
-        rcode = ev.rcode
+        # The common case is a popular name asked again: it returns after a dict
+        # lookup or two (its cached score for a query, its prevalence for an
+        # answer), never reaching the batch. Only what the batch's judgement could
+        # turn into state or a finding is queued, in event order.
         ent = None
-        if kind == "response":
-            ent = self._entity(ev.entity or entity_of(ev), ev.ts)
-            h = self._half(ent, ev.ts)
-            h[1] += 1
-            if rcode == NXDOMAIN:
-                h[2] += 1
-            elif not (rcode == NOERROR and ev.ancount and ev.registered_domain):
+        if ev.kind == "response":
+            ent = self._count_answer(ev)
+            rcode = ev.rcode
+            if rcode != NXDOMAIN and not (rcode == NOERROR and ev.ancount and ev.registered_domain):
                 return []
         # per distinct name, once: why it is not scored, else the name the model scores
         # (the registered domain: www.x.com and x.com are one name to it; under a
@@ -193,41 +196,80 @@ class Dga(Detector):
         q = ev.questions[0].name if ev.questions else ""
         r = self._names.get(q)
         if r is None:
-            name = q.lower().rstrip(".")
-            why = excluded(name)
-            key = "" if why is not None else scored_domain(name, ev.registered_domain, ev.subdomain)
-            if why is None and self.rule.allowlist.covers_domain(name):
-                why = "allowlisted"
-            if len(self._names) >= NAME_CACHE:
-                self._names.clear()
-            r = self._names[q] = (why, key)
+            r = self._name_verdict(q, ev)
         why, key = r
-        if why is None and self.allowed(ev):
+        if why is None and self._allowed_here(ev):
             why = "allowlisted"
         if why is not None:
             self.skipped[why] = self.skipped.get(why, 0) + 1
             return []
-        if kind == "response":
-            if rcode == NXDOMAIN:
-                self.prevalence.observe_nx(key, ev.dst_ip, ev.ts)  # a response goes to its client
-            else:
-                self.prevalence.observe(key, ev.dst_ip, ev.ts)
-                if len(ent.nx_names) < 3:
-                    return []  # a resolved name matters only as a C2 candidate of a walk
-        else:
+        if ent is None:  # a query: a finding alone only at the single-name threshold
             s = self.scores.get(key)
             if s is not None and s < self.single:
-                return []  # a query alone is a finding only at the single-name threshold
+                return []
+        elif ev.rcode == NXDOMAIN:
+            self.prevalence.observe_nx(key, ev.dst_ip, ev.ts)  # a response goes to its client
+        else:
+            prevalent = self.prevalence.observe(key, ev.dst_ip, ev.ts, self._min_clients, self._min_days)
+            if len(ent.nx_names) < 3:
+                return []  # a resolved name matters only as a C2 candidate of a walk
+            if prevalent:
+                # a name's entry only grows while it is in the table, and this one was
+                # just used (last in line for eviction): the batch would skip it too.
+                # It still counts toward the batch: when a batch is judged decides
+                # what the prevalence table says about the rest of it.
+                self._skip_prevalent()
+                self.queued += 1
+                return self._flush() if self.queued >= self._batch else []
         self.pending.append((ev, key))
-        if len(self.pending) >= self.p["batch"]:
+        self.queued += 1
+        if self.queued >= self._batch:
             return self._flush()
         return []
 
+    def _count_answer(self, ev: DnsEvent) -> _Entity:
+        """The answering entity's window, with this answer counted in its half-window."""
+        ts = ev.ts
+        ent = self._entity(ev.entity or entity_of(ev), ts)
+        h = ent.halves[1]
+        if ts - h[0] >= self.half:
+            h = self._half(ent, ts)
+        h[1] += 1
+        if ev.rcode == NXDOMAIN:
+            h[2] += 1
+        return ent
+
+    def _name_verdict(self, q: str, ev: DnsEvent) -> tuple[str | None, str]:
+        name = q.lower().rstrip(".")
+        why = excluded(name)
+        key = "" if why is not None else scored_domain(name, ev.registered_domain, ev.subdomain)
+        if why is None and self.rule.allowlist.covers_domain(name):
+            why = "allowlisted"
+        if len(self._names) >= NAME_CACHE:
+            self._names.clear()
+        r = self._names[q] = (why, key)
+        return r
+
+    def _allowed_here(self, ev: DnsEvent) -> bool:
+        """:meth:`Detector.allowed` for an event whose name the rule's allowlist is
+        known not to cover (:meth:`_name_verdict` asked it): the per-event checks
+        alone, without a second per-name cache."""
+        if ev.allowed:
+            return True
+        own = self._own_allow
+        if own is not None and ((own.processes and own.covers_process(ev)) or (
+                own.clients and own.covers_client(ev.dst_ip if ev.flags & 0x8000 else ev.src_ip))):
+            return True
+        return not ev.entity and self.rules.allowlist.covers(ev)
+
+    def _skip_prevalent(self) -> None:
+        self.skipped["prevalent"] = self.skipped.get("prevalent", 0) + 1
+
     def tick(self, now: float) -> list[Finding]:
-        return self._flush() if self.pending else []
+        return self._flush() if self.queued else []
 
     def close(self) -> list[Finding]:
-        out = self._flush() if self.pending else []
+        out = self._flush() if self.queued else []
         if self.prevalence_path:
             try:
                 self.prevalence.save(self.prevalence_path)
@@ -238,40 +280,68 @@ class Dga(Detector):
 
     def _flush(self) -> list[Finding]:
         batch, self.pending = self.pending, []
-        scores = self.model.score_many([n for _, n in batch], explain=False)
+        self.queued = 0
+        known = self._score_keys(batch)
+        out: list[Finding] = []
+        single = self.single
+        skipped = 0
+        # the table does not change while a batch is judged: one pass asks it for all
+        keys = [key for _, key in batch]
+        for (ev, key), prevalent in zip(batch, self.prevalence.prevalent_each(
+                keys, self._min_clients, self._min_days)):
+            if prevalent:
+                skipped += 1
+            elif ev.kind == "query":
+                if known[key] >= single:
+                    out.extend(self._judge_query(ev, key, known[key]))
+            else:
+                f = self._judge_answer(ev, key, known[key])
+                if f:
+                    out.extend(f)
+        if skipped:
+            self.skipped["prevalent"] = self.skipped.get("prevalent", 0) + skipped
+        return out
+
+    def _score_keys(self, batch: list) -> dict[str, float]:
+        """The score cache, holding every key of ``batch``: each distinct key not
+        cached yet is scored once, in one model call (scores do not depend on the
+        batch a name is scored in)."""
         known = self.scores
         if len(known) >= 2 * NAME_CACHE:
             known.clear()
-        out: list[Finding] = []
-        for (ev, name), (score, top) in zip(batch, scores):
-            known[name] = score
-            out.extend(self._judge(ev, name, score, top))
-        return out
+        todo = [k for k in dict.fromkeys([k for _, k in batch]) if k not in known]
+        if todo:
+            known.update(zip(todo, self.model.score_names(todo)))
+        return known
 
     # --- judgement ----------------------------------------------------------------
-    def _judge(self, ev: DnsEvent, reg: str, score: float, top: list) -> list[Finding]:
-        if self.prevalence.prevalent(reg, self.p["prevalent_clients"], self.p["prevalent_days"]):
-            self.skipped["prevalent"] = self.skipped.get("prevalent", 0) + 1
-            return []
+    def _judge_query(self, ev: DnsEvent, reg: str, score: float) -> list[Finding]:
+        """A query for a non-prevalent name scoring at the single-name threshold."""
         entity = ev.entity or entity_of(ev)
-        if ev.kind == "query":
-            if score < self.single:
-                return []
-            top = self.model.score(reg)[1]
-            feats = {"dga_score": round(score, 4), "top_features": dict(top), "label": split_label(reg)[0],
-                     "nxdomain": False, "threshold": round(self.single, 4), "count": 1,
-                     "prevalence": {"clients": self.prevalence.clients(reg), "days": self.prevalence.days(reg)}}
-            return [self.finding(ev, score=score, entity=entity, domain=reg, features=feats,
-                                 reason=f"{reg} looks machine-generated (DGA score {score:.3f}, "
-                                        f"above every popular name) and is not prevalent")]
+        top = self.model.score(reg)[1]
+        feats = {"dga_score": round(score, 4), "top_features": dict(top), "label": split_label(reg)[0],
+                 "nxdomain": False, "threshold": round(self.single, 4), "count": 1,
+                 "prevalence": {"clients": self.prevalence.clients(reg), "days": self.prevalence.days(reg)}}
+        return [self.finding(ev, score=score, entity=entity, domain=reg, features=feats,
+                             reason=f"{reg} looks machine-generated (DGA score {score:.3f}, "
+                                    f"above every popular name) and is not prevalent")]
+
+    def _name_info(self, reg: str) -> tuple[int, str, str]:
+        """Per distinct name, once: the label's length and shape, the TLD."""
         info = self._info.get(reg)
-        if info is None:  # per distinct name, once: the label's length and shape, the TLD
-            label, _, tld = split_label(reg)
+        if info is None:
+            label, tld = label_and_tld(reg)
             if len(self._info) >= NAME_CACHE:
                 self._info.clear()
             info = self._info[reg] = (len(label), shape_of(label), tld)
+        return info
+
+    def _judge_answer(self, ev: DnsEvent, reg: str, score: float) -> list[Finding]:
+        """An answer for a non-prevalent name: an NXDOMAIN joins the entity's walk,
+        a resolved name may be its C2."""
+        entity = ev.entity or entity_of(ev)
+        info = self._name_info(reg)
         ent = self._entity(entity, ev.ts)
-        horizon = ev.ts - self.p["window"]
         rec = (ev.ts, score, *info)
         if ev.rcode != NXDOMAIN:
             # a non-prevalent name that resolved while the entity walks NXDOMAIN names:
@@ -279,15 +349,16 @@ class Dga(Detector):
             # ordinary name); whether it is one is judged against the campaign's shape
             if len(ent.nx_names) < 3:
                 return []
-            new = reg not in ent.resolved
-            ent.resolved.pop(reg, None)
-            ent.resolved[reg] = rec
-            while len(ent.resolved) > 64:
-                ent.resolved.popitem(last=False)
+            resolved = ent.resolved
+            new = resolved.pop(reg, None) is None
+            resolved[reg] = rec
+            if new and len(resolved) > 64:
+                resolved.popitem(last=False)
             a = ent.active
             if new and a is not None and ev.ts - a[2] <= self.p["window"] and self._c2_like(rec, a):
                 return self._campaign(ev, entity, ent, c2=reg)  # the open campaign's C2 resolved
             return []
+        horizon = ev.ts - self.p["window"]
         names = ent.nx_names
         nx = self.nx
         old = names.pop(reg, None)

@@ -201,6 +201,14 @@ class DgaModel:
             cache.popitem(last=False)
         return out
 
+    def score_names(self, names: list[str]) -> list[float]:
+        """The score of each name (distinct names), computed afresh and not cached:
+        the detector keeps its own score per name, and a second copy here would
+        only cost memory."""
+        if not names:
+            return []
+        return self.proba_from_features(self.features(names)).tolist()
+
     def score(self, name: str) -> tuple[float, list]:
         return self.score_many([name])[0]
 

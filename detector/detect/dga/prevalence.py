@@ -53,26 +53,27 @@ class Prevalence:
     def __len__(self) -> int:
         return len(self.table)
 
-    def _entry(self, domain: str, day: int) -> list[int]:
-        e = self.table.get(domain)
+    def observe(self, domain: str, client: str, ts: float, min_clients: int = 0, min_days: int = 0) -> bool:
+        """``client`` got a NOERROR answer with data for ``domain`` at ``ts``.
+        Returns whether ``domain`` is now :meth:`prevalent` (by ``min_clients``
+        and ``min_days``; False when both are 0)."""
+        day = int(ts // DAY)
+        bit = _BITS.get(client) or _bit(client)
+        table = self.table
+        e = table.get(domain)
         if e is None:
-            e = self.table[domain] = [0, day, day, 1]
-            if len(self.table) > self.max_entries:
-                self.table.popitem(last=False)
+            e = table[domain] = [bit, day, day, 1]
+            if len(table) > self.max_entries:
+                table.popitem(last=False)
                 self.evicted += 1
         else:
-            self.table.move_to_end(domain)
-        return e
-
-    def observe(self, domain: str, client: str, ts: float) -> None:
-        """``client`` got a NOERROR answer with data for ``domain`` at ``ts``."""
-        day = int(ts // DAY)
-        e = self._entry(domain, day)
-        e[0] |= _bit(client)
-        if day > e[2]:
-            e[2] = day
-            if e[0].bit_count() >= 2:
-                e[3] += 1
+            table.move_to_end(domain)
+            e[0] |= bit
+            if day > e[2]:
+                e[2] = day
+                if e[0].bit_count() >= 2:
+                    e[3] += 1
+        return (min_clients > 0 and e[0].bit_count() >= min_clients) or (min_days > 0 and e[3] >= min_days)
 
     def observe_nx(self, domain: str, client: str, ts: float) -> None:
         """``client`` got NXDOMAIN for ``domain``."""
@@ -100,7 +101,15 @@ class Prevalence:
             return False
         return (min_clients > 0 and e[0].bit_count() >= min_clients) or (min_days > 0 and e[3] >= min_days)
 
-
+    def prevalent_each(self, domains: list[str], min_clients: int, min_days: int) -> list[bool]:
+        """:meth:`prevalent` for each of ``domains``."""
+        get = self.table.get
+        out = []
+        for d in domains:
+            e = get(d)
+            out.append(e is not None and ((min_clients > 0 and e[0].bit_count() >= min_clients)
+                                          or (min_days > 0 and e[3] >= min_days)))
+        return out
 
     # --- persistence ------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> None:
