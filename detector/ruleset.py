@@ -25,6 +25,8 @@ from detector.dns.names import under
 from detector.events import ConnEvent, DnsEvent
 
 SEVERITIES = ("low", "medium", "high", "critical")
+#: distinct names an allowlist remembers its domain verdict for before it starts afresh
+VERDICT_CACHE = 1 << 16
 
 
 class RuleError(ValueError):
@@ -45,10 +47,21 @@ class Allowlist:
     def covers_domain(self, name: str) -> bool:
         if not self.domains or not name:
             return False
-        doms = self._set
-        # the name or a parent, one set lookup each; a dot escaped in a label (as the
-        # decoder writes it: evil\\.google.com is one label under com) is not a parent's
-        return under(name.lower().rstrip("."), doms) is not None
+        # the verdict per distinct name, bounded: every detector asks about the same
+        # registered domains, message after message (the domains never change once
+        # read, as _set already assumes)
+        d = self.__dict__
+        cache = d.get("_verdicts")
+        if cache is None:
+            cache = d["_verdicts"] = {}
+        v = cache.get(name)
+        if v is None:
+            if len(cache) >= VERDICT_CACHE:
+                cache.clear()
+            # the name or a parent, one set lookup each; a dot escaped in a label (as the
+            # decoder writes it: evil\\.google.com is one label under com) is not a parent's
+            v = cache[name] = under(name.lower().rstrip("."), self._set) is not None
+        return v
 
     @property
     def _set(self) -> frozenset[str]:
