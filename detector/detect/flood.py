@@ -218,8 +218,10 @@ class Flood(Detector):
 
     def process(self, ev: DnsEvent) -> list[Finding]:
         dom = ev.registered_domain
-        if not dom or ev.dst_port in MULTICAST_DNS_PORTS or ev.src_port in MULTICAST_DNS_PORTS \
-                or self._skipped(dom, ev.suffix):
+        if not dom or ev.dst_port in MULTICAST_DNS_PORTS or ev.src_port in MULTICAST_DNS_PORTS:
+            return []
+        skip = self._skip.get(dom)  # the cached verdict first: no call for a domain seen before
+        if skip or (skip is None and self._skipped(dom, ev.suffix)):
             return []
         sub = ev.subdomain
         if "." in sub and known_suffix(sub.rpartition(".")[2]):
