@@ -50,6 +50,7 @@ as a handful of single calls.
 from __future__ import annotations
 
 import logging
+import sys
 from collections import OrderedDict
 
 from detector.detect.base import NAME_CACHE, Detector, entity_of, register
@@ -69,6 +70,9 @@ NOERROR = 0
 _LOCAL_SUFFIXES = (".local", ".internal", ".lan", ".home", ".localdomain", ".home.arpa",
                    ".localhost", ".corp", ".intranet", ".private", ".test", ".invalid", ".example")
 _HEX = frozenset("0123456789abcdef")
+#: why a name is not scored, as the name cache holds it: one tuple per reason
+_WHY = {why: (why,) for why in ("single-label", "reverse lookup", "local name", "service discovery",
+                                "allowlisted")}
 
 
 def excluded(name: str) -> str | None:
@@ -104,8 +108,9 @@ class _Entity:
     def __init__(self, ts: float) -> None:
         # registered domain -> (ts, score, label length, shape, tld)
         self.nx_names: OrderedDict[str, tuple[float, float, int, str, str]] = OrderedDict()
-        # non-prevalent names that resolved, with their score: C2 candidates
-        self.resolved: OrderedDict[str, tuple[float, float, int, str, str]] = OrderedDict()
+        # non-prevalent names that resolved: C2 candidates, with the name's
+        # (score, label length, shape, tld), one tuple per name shared by every entity
+        self.resolved: OrderedDict[str, tuple[float, int, str, str]] = OrderedDict()
         # [start, answers, nxdomain answers] for the previous and current half-window
         self.halves = [[ts, 0, 0], [ts, 0, 0]]
         # the open campaign: (key, distinct names, capture time) at its last report;
@@ -157,9 +162,10 @@ class Dga(Detector):
         self.skipped: dict[str, int] = {}
         self.half = float(self.p["window"]) / 2
         self.save_errors = 0
-        self._names: dict[str, tuple[str | None, str]] = {}  # name as sent -> (excluded why, key)
+        # name as sent -> the key it is scored by, or (why it is not scored,)
+        self._names: dict[str, str | tuple[str]] = {}
         self.scores: dict[str, float] = {}  # scored name -> model score (bounded)
-        self._info: dict[str, tuple[int, str, str]] = {}  # scored name -> (label length, shape, TLD)
+        self._info: dict[str, tuple[float, int, str, str]] = {}  # key -> (score, label length, shape, TLD)
         self._min_clients = self.p["prevalent_clients"]
         self._min_days = self.p["prevalent_days"]
         self._batch = self.p["batch"]
@@ -194,13 +200,11 @@ class Dga(Detector):
         # dynamic-DNS parent, the label below it); the score cache and the
         # prevalence table are keyed by it
         q = ev.questions[0].name if ev.questions else ""
-        r = self._names.get(q)
-        if r is None:
-            r = self._name_verdict(q, ev)
-        why, key = r
-        if why is None and self._allowed_here(ev):
-            why = "allowlisted"
-        if why is not None:
+        key = self._names.get(q)
+        if key is None:
+            key = self._name_verdict(q, ev)
+        if key.__class__ is not str or self._allowed_here(ev):
+            why = "allowlisted" if key.__class__ is str else key[0]
             self.skipped[why] = self.skipped.get(why, 0) + 1
             return []
         if ent is None:  # a query: a finding alone only at the single-name threshold
@@ -239,15 +243,21 @@ class Dga(Detector):
             h[2] += 1
         return ent
 
-    def _name_verdict(self, q: str, ev: DnsEvent) -> tuple[str | None, str]:
+    def _name_verdict(self, q: str, ev: DnsEvent) -> str | tuple[str]:
+        """The key ``q`` is scored by, or (why it is not scored,)."""
         name = q.lower().rstrip(".")
+        if name == q:
+            name = q  # one string for both
         why = excluded(name)
-        key = "" if why is not None else scored_domain(name, ev.registered_domain, ev.subdomain)
         if why is None and self.rule.allowlist.covers_domain(name):
             why = "allowlisted"
+        if why is None:
+            r = scored_domain(name, ev.registered_domain, ev.subdomain)
+        else:
+            r = _WHY.setdefault(why, (why,))
         if len(self._names) >= NAME_CACHE:
             self._names.clear()
-        r = self._names[q] = (why, key)
+        self._names[q] = r
         return r
 
     def _allowed_here(self, ev: DnsEvent) -> bool:
@@ -326,23 +336,22 @@ class Dga(Detector):
                              reason=f"{reg} looks machine-generated (DGA score {score:.3f}, "
                                     f"above every popular name) and is not prevalent")]
 
-    def _name_info(self, reg: str) -> tuple[int, str, str]:
-        """Per distinct name, once: the label's length and shape, the TLD."""
+    def _name_info(self, reg: str, score: float) -> tuple[float, int, str, str]:
+        """Per distinct name, once: its score, the label's length and shape, the TLD."""
         info = self._info.get(reg)
         if info is None:
             label, tld = label_and_tld(reg)
             if len(self._info) >= NAME_CACHE:
                 self._info.clear()
-            info = self._info[reg] = (len(label), shape_of(label), tld)
+            info = self._info[reg] = (score, len(label), shape_of(label), sys.intern(tld))
         return info
 
     def _judge_answer(self, ev: DnsEvent, reg: str, score: float) -> list[Finding]:
         """An answer for a non-prevalent name: an NXDOMAIN joins the entity's walk,
         a resolved name may be its C2."""
         entity = ev.entity or entity_of(ev)
-        info = self._name_info(reg)
+        info = self._name_info(reg, score)
         ent = self._entity(entity, ev.ts)
-        rec = (ev.ts, score, *info)
         if ev.rcode != NXDOMAIN:
             # a non-prevalent name that resolved while the entity walks NXDOMAIN names:
             # a C2 candidate, whatever its score (a wordlist family's C2 scores like an
@@ -351,16 +360,17 @@ class Dga(Detector):
                 return []
             resolved = ent.resolved
             new = resolved.pop(reg, None) is None
-            resolved[reg] = rec
+            resolved[reg] = info
             if new and len(resolved) > 64:
                 resolved.popitem(last=False)
             a = ent.active
-            if new and a is not None and ev.ts - a[2] <= self.p["window"] and self._c2_like(rec, a):
+            if new and a is not None and ev.ts - a[2] <= self.p["window"] and self._c2_like(info, a):
                 return self._campaign(ev, entity, ent, c2=reg)  # the open campaign's C2 resolved
             return []
         horizon = ev.ts - self.p["window"]
         names = ent.nx_names
         nx = self.nx
+        rec = (ev.ts, *info)
         old = names.pop(reg, None)
         if old is not None and old[1] >= nx:
             ent.suspicious -= 1
@@ -455,13 +465,13 @@ class Dga(Detector):
 
     @staticmethod
     def _c2_like(rec: tuple, active: tuple | None) -> bool:
-        """A resolved name (ts, score, length, shape, tld) looks like the open
+        """A resolved name (score, length, shape, tld) looks like the open
         campaign's own: its alphabet, a length within the campaign's range, a TLD the
         campaign used, and a score no lower than the campaign's lowest (ordinary
         browsing seldom passes all four)."""
         if active is None:
             return False
-        _, score, length, shape, tld = rec
+        score, length, shape, tld = rec
         key, _, _, tlds, low, lo, hi = active
         return (shape == key or key == "volume") and lo <= length <= hi and tld in tlds and score >= low
 
