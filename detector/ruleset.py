@@ -43,17 +43,14 @@ class Allowlist:
     processes: frozenset[str] = frozenset()  # process name, comm or exe basename
     resolvers: tuple[Any, ...] = ()  # ip networks
     clients: tuple[Any, ...] = ()  # ip networks
+    # the domain verdict per distinct name, bounded: every detector asks about the same
+    # names, message after message (the lists never change once read, as _set assumes)
+    _verdicts: dict[str, bool] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def covers_domain(self, name: str) -> bool:
         if not self.domains or not name:
             return False
-        # the verdict per distinct name, bounded: every detector asks about the same
-        # registered domains, message after message (the domains never change once
-        # read, as _set already assumes)
-        d = self.__dict__
-        cache = d.get("_verdicts")
-        if cache is None:
-            cache = d["_verdicts"] = {}
+        cache = self._verdicts
         v = cache.get(name)
         if v is None:
             if len(cache) >= VERDICT_CACHE:

@@ -45,7 +45,6 @@ class Detector:
         self.rules = rules
         self.p: dict[str, Any] = {**self.params, **rule.thresholds}
         self._own_allow = None if rule.allowlist.empty else rule.allowlist
-        self._own_names: dict[str, bool] = {}
 
     def process(self, ev: DnsEvent) -> list[Finding]:  # pragma: no cover - interface
         raise NotImplementedError
@@ -89,19 +88,12 @@ class Detector:
     def allowed(self, ev: DnsEvent) -> bool:
         """True when the rule's or the global allowlist covers this event. The global
         verdict was set once by enrichment (an event not enriched, with no entity, is
-        judged here); the rule's own domain verdict is cached per name."""
+        judged here); the rule's own domain verdict is cached per name by the allowlist."""
         if ev.allowed:
             return True
         own = self._own_allow
         if own is not None:
-            q = ev.questions[0].name if ev.questions else ""
-            cache = self._own_names
-            v = cache.get(q)
-            if v is None:
-                if len(cache) >= NAME_CACHE:
-                    cache.clear()
-                v = cache[q] = own.covers_domain(q)
-            if v or (own.processes and own.covers_process(ev)) or (
+            if own.covers_domain(ev.questions[0].name if ev.questions else "") or (own.processes and own.covers_process(ev)) or (
                     own.clients and own.covers_client(ev.dst_ip if ev.flags & 0x8000 else ev.src_ip)):
                 return True
         return not ev.entity and self.rules.allowlist.covers(ev)

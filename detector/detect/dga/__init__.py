@@ -203,7 +203,7 @@ class Dga(Detector):
         key = self._names.get(q)
         if key is None:
             key = self._name_verdict(q, ev)
-        if key.__class__ is not str or self._allowed_here(ev):
+        if key.__class__ is not str or self.allowed(ev):
             why = "allowlisted" if key.__class__ is str else key[0]
             self.skipped[why] = self.skipped.get(why, 0) + 1
             return []
@@ -259,18 +259,6 @@ class Dga(Detector):
             self._names.clear()
         self._names[q] = r
         return r
-
-    def _allowed_here(self, ev: DnsEvent) -> bool:
-        """:meth:`Detector.allowed` for an event whose name the rule's allowlist is
-        known not to cover (:meth:`_name_verdict` asked it): the per-event checks
-        alone, without a second per-name cache."""
-        if ev.allowed:
-            return True
-        own = self._own_allow
-        if own is not None and ((own.processes and own.covers_process(ev)) or (
-                own.clients and own.covers_client(ev.dst_ip if ev.flags & 0x8000 else ev.src_ip))):
-            return True
-        return not ev.entity and self.rules.allowlist.covers(ev)
 
     def _skip_prevalent(self) -> None:
         self.skipped["prevalent"] = self.skipped.get("prevalent", 0) + 1
