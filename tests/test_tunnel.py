@@ -197,6 +197,87 @@ def test_state_is_bounded_under_a_random_subdomain_flood():
     assert per_key <= det.max_unique
 
 
+def test_the_unique_budget_holds_over_all_keys_and_a_tunnel_past_it_is_still_seen():
+    """Random-subdomain floods from 400 (client, domain) keys want far more unique names
+    remembered than ``max_unique_total``: past each half-window's first UNIQ_FLOOR the
+    remembered uniques over all keys stay within it, released again as halves end and
+    keys go (evicted, idle). With the budget full, a tunnel that needs more uniques than
+    the floor is still seen (its uniques counted as estimated, and said so), and a
+    device repeating its 5 hex names stays exact: no finding (counted as new, its 150
+    queries would look like a tunnel)."""
+    import base64
+
+    from detector.detect.tunnel import UNIQ_FLOOR, Tunnel
+    from detector.dns.names import split_domain
+
+    budget = 3000
+    rules = tunnel_rules()
+    rule = rules.by_id("dns-tunnel")
+    rule.thresholds.update(max_unique_total=budget, max_keys=300, min_unique=40)
+    det = Tunnel(rule, rules)
+    rnd = random.Random(11)
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+    def ev(ts, client, name, qtype=1):
+        e = DnsEvent(ts, "udp", 4, client, 1000, "10.0.0.53", 53, 1, 0x0100, 0, [Question(name, qtype, 1)])
+        e.subdomain, e.registered_domain, e.suffix = split_domain(name)
+        return e
+
+    def check():
+        held = sum(max(0, len(s.cur.uniq) - UNIQ_FLOOR) for s in det.state.values())
+        assert det.uniq_held == held <= budget
+        assert all(len(s.cur.uniq) <= det.max_unique for s in det.state.values())
+        assert not any(s.prev is not None and s.prev.uniq for s in det.state.values())
+
+    tunnel = [f"{base64.b32encode(rnd.randbytes(30)).decode().rstrip('=').lower()}.{i:x}.cdn-sync.net"
+              for i in range(60)]
+    device = [f"{rnd.getrandbits(128):032x}.devices.example-iot.com" for _ in range(5)] * 30
+    found, peak = [], 0
+    ts = 1000.0
+    for i in range(70_000):  # 140 s: clients 10.1.x (0-40 s), then 10.2.x (40-140 s)
+        ts += 0.002
+        net = 1 if ts < 1040 else 2
+        label = "".join(rnd.choice(alphabet) for _ in range(rnd.randint(8, 16)))
+        det.process(ev(ts, f"10.{net}.{i % 200 // 100}.{i % 100}", f"{label}.victim{i % 200}.example.com"))
+        if 1060 <= ts < 1090 and i % 20 == 0:  # one tunnel name and one device name every 40 ms
+            if tunnel:
+                if not found and len(tunnel) == 60:
+                    assert det.uniq_held == budget  # the flood holds the whole budget
+                found += det.process(ev(ts, "10.9.9.9", tunnel.pop(0)))
+            if device:
+                found += det.process(ev(ts + 0.001, "10.8.8.8", device.pop(0)))
+        if i % 1000 == 0:
+            det.tick(ts)
+            check()
+            peak = max(peak, det.uniq_held)
+    assert peak == budget and det.evicted >= 100  # the budget was reached; keys 10.1.x were evicted
+    tun = [f for f in found if f.domain == "cdn-sync.net"]
+    assert tun and tun[0].entity == "10.9.9.9"
+    assert tun[0].features["unique_estimated"] and tun[0].features["unique_subdomains"] >= 40
+    assert "~" in tun[0].reason
+    assert not [f for f in found if f.domain == "example-iot.com"]
+    dev = det.state[("10.8.8.8", "example-iot.com")]
+    assert dev.cur.nuniq + (dev.prev.nuniq if dev.prev else 0) <= 10 and not dev.cur.extra_uniq
+    det.tick(ts + 300)  # every key idle: all state goes, and the budget is free again
+    assert not det.state and det.uniq_held == 0
+
+
+def test_max_unique_total_must_be_a_whole_number(tmp_path):
+    from detector.ruleset import RuleError
+
+    for value, ok in (("100000", True), ("0", True), ("1.5", False), ("-1", False), ("lots", False)):
+        for det in ("tunnel", "exfil"):
+            f = tmp_path / f"{det}.yaml"
+            f.write_text(f"id: x-{det}\ntitle: x\ndetector: {det}\nseverity: high\n"
+                         "technique: {id: T1572, name: x}\n"
+                         f"thresholds:\n  max_unique_total: {value}\n")
+            if ok:
+                load_rules([f])
+            else:
+                with pytest.raises(RuleError, match="max_unique_total"):
+                    load_rules([f])
+
+
 # --- real tools in network namespaces ------------------------------------------------
 
 needs_root = pytest.mark.skipif(not ROOT, reason="network namespaces need root")

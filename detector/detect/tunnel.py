@@ -25,8 +25,15 @@ Two detectors share this code:
   password) and the bulk one (a large name-byte volume on a longer window).
 
 State is bounded: at most ``max_keys`` (entity, domain) pairs (least recently
-seen evicted, counted in ``evicted``) and at most ``max_unique`` distinct
-subdomains remembered per half-window (beyond that uniques are estimated).
+seen evicted, counted in ``evicted``). Unique subdomains are remembered as a
+hash of the name (not the name: a flood of new names keeps no strings alive),
+in the current half-window only (a half that ends keeps its count), at most
+``max_unique`` per half-window and, beyond the first ``UNIQ_FLOOR`` of each
+half-window, at most ``max_unique_total`` over all keys. Past either limit a
+new-looking name is counted as unique without being remembered (a repeat then
+counts again: uniques are overestimated, which can only make a tunnel easier
+to see) and the finding says so (``unique_estimated``). The floor keeps the few
+names an ordinary key asks exact while a flood holds the budget.
 """
 
 from __future__ import annotations
@@ -46,6 +53,10 @@ UNREGISTERED = "(no public suffix)"
 #: distinct subdomains under one (entity, domain) before it gets a window (a name
 #: with an encoded payload opens one at once)
 OPEN_AT = 4
+#: unique subdomains every half-window remembers outside the ``max_unique_total``
+#: budget (an ordinary key's few names stay exact while a flood holds the budget)
+UNIQ_FLOOR = 16
+_FORGOTTEN: frozenset = frozenset()  # the uniq of a half that ended (its count is kept)
 _LOCAL = (".local", ".internal", ".lan", ".home", ".localdomain", ".arpa", ".localhost", ".corp")
 _HOSTCHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
 _HEX = frozenset("0123456789abcdef")
@@ -143,15 +154,16 @@ def shape(sub: str) -> tuple[int, float, str | None, int]:
 class _Half:
     """Counters for one half-window."""
 
-    __slots__ = ("start", "queries", "uniq", "extra_uniq", "name_bytes", "payload", "label_sum",
+    __slots__ = ("start", "queries", "uniq", "nuniq", "extra_uniq", "name_bytes", "payload", "label_sum",
                  "label_max", "ent_sum", "encoded", "enc_kinds", "data_types", "half_types", "types",
                  "responses", "nx", "resp_bytes", "samples")
 
     def __init__(self, start: float) -> None:
         self.start = start
         self.queries = 0
-        self.uniq: set[str] = set()
-        self.extra_uniq = 0
+        self.uniq: set[int] | frozenset = set()  # hash() of each unique subdomain (current half only)
+        self.nuniq = 0  # unique subdomains remembered (len(uniq) while current)
+        self.extra_uniq = 0  # new-looking names past the limits: counted, not remembered
         self.name_bytes = 0
         self.payload = 0
         self.label_sum = 0
@@ -212,6 +224,9 @@ class _Base(Detector):
         "rejudge_after": 8,       # queries to wait after a window failed on shape alone
         "max_keys": 50000,        # (entity, domain) pairs tracked
         "max_unique": 4096,       # distinct subdomains remembered per half-window
+        # distinct subdomains remembered over all keys, beyond the first UNIQ_FLOOR (16) of
+        # each half-window (a hash each, ~80 bytes: 65536 ~ 5 MiB); past it uniques are estimated
+        "max_unique_total": 65536,
         "single_label_len": 40,   # one label this long in base64 with mixed case/padding ...
         "single_entropy": 4.2,    # ... and this entropy is a finding by itself (0 length: off)
     }
@@ -221,7 +236,7 @@ class _Base(Detector):
     def check_rule(rule) -> str | None:
         if rule.thresholds.get("window", 1) <= 0:
             return "thresholds.window: must be more than 0 seconds"
-        return None
+        return _check_limits(rule.thresholds)
 
     def __init__(self, rule, rules) -> None:
         super().__init__(rule, rules)
@@ -229,6 +244,8 @@ class _Base(Detector):
         self.half = float(p["window"]) / 2
         self.max_keys = int(p["max_keys"])
         self.max_unique = int(p["max_unique"])
+        self.max_unique_total = int(p["max_unique_total"])
+        self.uniq_held = 0  # remembered uniques beyond UNIQ_FLOOR, all keys (<= max_unique_total)
         self.min_unique = int(p["min_unique"])
         self.min_name_bytes = int(p["min_name_bytes"])
         self.min_payload = int(p["min_payload_bytes"])
@@ -281,17 +298,20 @@ class _Base(Detector):
                 return []
             st = self.state[key] = _State(ts)
             if len(self.state) > self.max_keys:
-                self.state.popitem(last=False)
+                old = self.state.popitem(last=False)[1]
+                if old is not st:  # (max_keys 0: this event still counts, then goes)
+                    self._forget(old.cur)
                 self.evicted += 1
             for raw in early:  # the names seen before the window opened
                 cur = st.cur
                 cur.queries += 1
-                cur.uniq.add(raw.lower())
+                self._remember(cur, hash(raw.lower()))
                 self._shape(cur, raw)
         else:
             self.state.move_to_end(key)
         cur = st.cur
         if ts - cur.start >= self.half:
+            self._forget(cur)
             st.prev = cur if ts - cur.start < 2 * self.half else None
             cur = st.cur = _Half(ts)
             st.next_judge = 0
@@ -304,13 +324,11 @@ class _Base(Detector):
         cur.queries += 1
         payload = -1  # payload bytes of a name new in this half (-1: no new name)
         if sub:
-            if sub in cur.uniq:
+            sh = hash(sub)  # str caches its hash; one process only (never stored or sent)
+            if sh in cur.uniq:
                 pass
             else:
-                if len(cur.uniq) < self.max_unique:
-                    cur.uniq.add(sub)
-                else:
-                    cur.extra_uniq += 1
+                self._remember(cur, sh)
                 # shape from the name as sent: the subdomain is folded to lower case,
                 # and case tells base64 from base32
                 raw = ev.questions[0].name[:len(sub)]
@@ -334,6 +352,27 @@ class _Base(Detector):
         if self.single and payload > 0 and len(raw) >= self.p["single_label_len"]:
             return self._single(ev, key, st, raw)  # a new name: repeats were judged before
         return []
+
+    def _remember(self, h: _Half, sub_hash: int) -> None:
+        """Count a subdomain not in ``h.uniq`` as unique: remembered while the limits
+        allow (``max_unique`` per half, ``max_unique_total`` past the floor), else
+        counted in ``extra_uniq`` (estimated)."""
+        n = h.nuniq
+        if n < self.max_unique and (n < UNIQ_FLOOR or self.uniq_held < self.max_unique_total):
+            h.uniq.add(sub_hash)
+            h.nuniq = n + 1
+            if n >= UNIQ_FLOOR:
+                self.uniq_held += 1
+        else:
+            h.extra_uniq += 1
+
+    def _forget(self, h: _Half) -> None:
+        """A half-window stops being current (it ended, or its key went): its
+        remembered uniques go back to the budget; it keeps their count."""
+        if h.uniq is not _FORGOTTEN:
+            if h.nuniq > UNIQ_FLOOR:
+                self.uniq_held -= h.nuniq - UNIQ_FLOOR
+            h.uniq = _FORGOTTEN
 
     def _early(self, key: tuple[str, str], sub: str, q: str) -> list[str] | None:
         """Before a key gets a window: most (entity, domain) pairs only ever ask a
@@ -376,9 +415,9 @@ class _Base(Detector):
     def _gates(self, st: _State) -> bool:
         """The volume gates, from running counters (cheap: checked on every query)."""
         cur, prev = st.cur, st.prev
-        uniq, nb, pay = len(cur.uniq) + cur.extra_uniq, cur.name_bytes, cur.payload
+        uniq, nb, pay = cur.nuniq + cur.extra_uniq, cur.name_bytes, cur.payload
         if prev is not None:
-            uniq += len(prev.uniq) + prev.extra_uniq
+            uniq += prev.nuniq + prev.extra_uniq
             nb += prev.name_bytes
             pay += prev.payload
         return uniq >= self.min_unique and nb >= self.min_name_bytes and pay >= self.min_payload
@@ -390,7 +429,7 @@ class _Base(Detector):
     def features(self, st: _State) -> dict:
         hs = [h for h in (st.prev, st.cur) if h is not None]
         q = sum(h.queries for h in hs)
-        uniq = sum(len(h.uniq) + h.extra_uniq for h in hs)
+        uniq = sum(h.nuniq + h.extra_uniq for h in hs)
         shaped = max(uniq, 1)
         resp = sum(h.responses for h in hs)
         types: Counter = Counter()
@@ -403,6 +442,8 @@ class _Base(Detector):
             "window_seconds": self.half * 2,
             "queries": q,
             "unique_subdomains": uniq,
+            # past max_unique / max_unique_total names are counted, not remembered: repeats count again
+            "unique_estimated": any(h.extra_uniq for h in hs),
             "unique_ratio": round(uniq / q, 3) if q else 0.0,
             "name_bytes_out": sum(h.name_bytes for h in hs),
             "payload_bytes_out": sum(h.payload for h in hs),
@@ -468,9 +509,10 @@ class _Base(Detector):
         score = min(1.0, 0.5 + 0.1 * len(fired) + min(0.2, f["name_bytes_out"] / 100_000))
         f["indicators"] = fired
         entity, dom = key
+        approx = "~" if f["unique_estimated"] else ""
         return [self.finding(
             ev, score=score, entity=entity, domain=dom, features=f,
-            reason=(f"{entity} sent {f['name_bytes_out']:,} bytes in {f['unique_subdomains']} unique "
+            reason=(f"{entity} sent {f['name_bytes_out']:,} bytes in {approx}{f['unique_subdomains']} unique "
                     f"names under {dom} in {f['window_seconds']:.0f} s: " + "; ".join(fired)))]
 
     def tick(self, now: float) -> list[Finding]:
@@ -482,6 +524,7 @@ class _Base(Detector):
             if v.cur.start >= horizon:
                 break
             del st[k]
+            self._forget(v.cur)
         return []
 
 
@@ -511,7 +554,7 @@ class Exfil(_Base):
         if not 0 < t["small_window"] <= t["window"]:
             return (f"thresholds.small_window: must be more than 0 and at most window "
                     f"({t['window']} s), got {t['small_window']}")
-        return None
+        return _check_limits(rule.thresholds)
 
     def __init__(self, rule, rules) -> None:
         super().__init__(rule, rules)
@@ -544,11 +587,14 @@ class Exfil(_Base):
         window = self.small_half * 2
         enc: Counter = Counter()
         samples: list[str] = []
+        estimated = False
         for h in (st.prev, st.cur):
             if h is not None:
                 enc.update(h.enc_kinds)
                 samples += h.samples
+                estimated = estimated or h.extra_uniq > 0
         f = {"window_seconds": window, "payload_bytes_out": total, "payload_names": names,
+             "unique_estimated": estimated,  # new names past the unique limits: repeats count again
              "queries": sm.queries + sm.prev_queries, "encodings": dict(enc),
              "qtype": ev.qtype, "sample_subdomains": samples[:3],
              "indicators": [f"encoded payload ({total} bytes >= {self.small_min} in {window:.0f} s)"]}
@@ -559,6 +605,14 @@ class Exfil(_Base):
             reason=(f"{entity} sent {total:,} bytes of encoded data ({'/'.join(enc) or 'encoded'}) "
                     f"in {names} unique name{'s' if names != 1 else ''} under {dom} "
                     f"within {window:.0f} s"))]
+
+
+def _check_limits(t: dict) -> str | None:
+    """Table sizes are whole numbers (the registry has checked they are numbers >= 0)."""
+    v = t.get("max_unique_total", 0)
+    if v != int(v):
+        return f"thresholds.max_unique_total: expected a whole number of subdomains, got {v!r}"
+    return None
 
 
 def _tname(t: int) -> str:
