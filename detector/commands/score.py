@@ -78,33 +78,68 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _lines(files: list[str]) -> Iterator[str]:
-    if not files:
-        stream = sys.stdin.buffer
-        yield from (b.decode("utf-8", "replace") for b in stream)
-        return
-    for f in files:
+_BLOCK = 1 << 20  # bytes read at a time
+
+
+def _blocks(files: list[str]) -> Iterator[bytes]:
+    """The input in blocks of whole lines (the last one may lack its newline)."""
+    streams = [None] if not files else files
+    for f in streams:
+        if f is None:
+            fh = sys.stdin.buffer
+        else:
+            try:
+                fh = open(f, "rb")  # noqa: SIM115 - closed below
+            except OSError as e:
+                raise DetectorError(f"{f}: cannot read: {e.strerror}", errors.USAGE) from None
         try:
-            fh = open(f, "rb")  # noqa: SIM115 - closed below
-        except OSError as e:
-            raise DetectorError(f"{f}: cannot read: {e.strerror}", errors.USAGE) from None
-        with fh:
-            for b in fh:
-                yield b.decode("utf-8", "replace")
+            tail = b""
+            while True:
+                b = fh.read(_BLOCK)
+                if not b:
+                    break
+                cut = b.rfind(b"\n")
+                if cut < 0:
+                    tail += b
+                    continue
+                yield tail + b[: cut + 1]
+                tail = b[cut + 1:]
+            if tail:
+                yield tail
+        finally:
+            if f is not None:
+                fh.close()
+
+
+def _names(block: bytes) -> list[str]:
+    """The names of a block of lines: stripped, no trailing dot, lower case;
+    blank lines and # comments skipped, "rank,domain" lines give the domain.
+    A newline never ends inside a UTF-8 sequence, so decoding the block at
+    once replaces the same bytes as decoding line by line."""
+    if block.isascii():
+        text = block.decode("ascii").lower()  # ASCII: the same as lower() per line
+        out = [n for x in text.split("\n") if (n := x.strip().rstrip("."))]
+    else:
+        out = [n for x in block.decode("utf-8", "replace").split("\n") if (n := x.strip().rstrip(".").lower())]
+    if b"#" in block or b"," in block:
+        keep = []
+        for n in out:
+            if n.startswith("#"):
+                continue
+            if "," in n and n.split(",", 1)[0].isdigit():  # "rank,domain" lists
+                n = n.split(",", 1)[1].strip()
+            keep.append(n)
+        out = keep
+    return out
 
 
 def _chunks(files: list[str]) -> Iterator[list[str]]:
     buf: list[str] = []
-    for line in _lines(files):
-        n = line.strip().rstrip(".").lower()
-        if not n or n.startswith("#"):
-            continue
-        if "," in n and n.split(",", 1)[0].isdigit():  # "rank,domain" lists
-            n = n.split(",", 1)[1].strip()
-        buf.append(n)
-        if len(buf) >= CHUNK:
-            yield buf
-            buf = []
+    for block in _blocks(files):
+        buf += _names(block)
+        while len(buf) >= CHUNK:
+            yield buf[:CHUNK]
+            del buf[:CHUNK]
     if buf:
         yield buf
 
@@ -152,13 +187,37 @@ class Scorer:
         return [cache[n] for n in names]
 
     def _score(self, names: list[str], np) -> None:
+        from detector.detect.dga import features as F
+
+        m = self.model
+        X = m.features(names)
+        p = m.proba_from_features(X)
+        cache = self.cache
+        fast = getattr(F._cdga, "lines", None)
+        if fast is not None and X.dtype == m.center.dtype == m.scale.dtype == np.float32:
+            # the lines in C; the few it leaves (None: a name to escape, say) below
+            out = fast(names, np.ascontiguousarray(p, np.float64), np.ascontiguousarray(X),
+                       np.ascontiguousarray(m.center), np.ascontiguousarray(m.scale),
+                       float(self.threshold), self.top, F.FEATURES)
+            rest = []
+            for i, (n, line) in enumerate(zip(names, out)):
+                if line is None:
+                    rest.append(i)
+                else:
+                    cache[n] = line
+            if not rest:
+                return
+            names = [names[i] for i in rest]
+            X, p = X[rest], p[rest]
+        self._score_py(names, X, p.tolist(), np)
+
+    def _score_py(self, names: list[str], X, p: list[float], np) -> None:
+        """The lines by orjson (the reference of ``_cdga.lines``)."""
         import orjson
 
         from detector.detect.dga.features import FEATURES
 
         m = self.model
-        X = m.features(names)
-        p = m.proba_from_features(X).tolist()
         thr = self.threshold
         k = self.top
         fn = FEATURES

@@ -58,6 +58,7 @@ class DgaModel:
         self.metadata: dict[str, Any] = {}
         self._cache: OrderedDict[str, tuple[float, list]] = OrderedDict()
         self._flat: tuple | bool | None = None  # the forest flattened for the C walker
+        self._qs: tuple | None = None  # (flat, its leaf-bitvector packing) for _cdga.forest_qs
 
     # --- training ---------------------------------------------------------------
     def fit(self, names: list[str], y: np.ndarray, sample_weight: np.ndarray | None = None,
@@ -158,8 +159,22 @@ class DgaModel:
             return self.clf.decision_function(X)
         X = np.ascontiguousarray(X, np.float32)
         out = np.empty(len(X), np.float64)
-        F._cdga.forest(X, *flat, out)
+        packed = self._packed(flat)
+        if packed is not None:
+            nodes, roots, depths, values, baseline = flat
+            F._cdga.forest_qs(X, packed, nodes, roots, depths, values, baseline, out)
+        else:
+            F._cdga.forest(X, *flat, out)
         return out
+
+    def _packed(self, flat: tuple) -> bytes | None:
+        """The flat forest as leaf bitvectors for ``_cdga.forest_qs`` (same sums,
+        about 6x faster), made once per forest; None when the extension lacks it
+        or a tree has more than 32 leaves (the walk of ``_cdga.forest`` then)."""
+        if self._qs is None or self._qs[0] is not flat:
+            pack = getattr(F._cdga, "forest_pack", None)
+            self._qs = (flat, pack(*flat[:4]) if pack is not None else None)
+        return self._qs[1]
 
     def _forest(self) -> tuple | None:
         """The trees as flat node arrays for the C walker, or None (no C, or a
