@@ -141,3 +141,22 @@ def test_blocks_of_input_give_the_names_of_lines(tmp_path, monkeypatch):
     for block in (1, 5, 64, 1 << 20):
         monkeypatch.setattr(S, "_BLOCK", block)
         assert sum(S._chunks([str(f)]), []) == want, block
+
+
+def test_c_split_is_split_many(model, data):
+    from detector.dns import names as N
+
+    names = [x.split(",", 1)[-1].strip() for x in
+             (data / "benign/alexa_top100k_2015.csv").read_text().splitlines()[:30000]]
+    names = _tricky_names(names)
+    names += ["a.b.example.co.uk", "example.com", "x.y.z.duckdns.org", "foo.blogspot.com", "localhost",
+              "1.0.0.10.in-addr.arpa", "abc.ck", "b.abc.ck", ".com", "com.", "..", ".", "", "a..com",
+              "xn--bcher-kva.example", "\u00e9t\u00e9.fr", "w.x.\u4e2d\u56fd", "kq3v.duckdns.org", "x.arpa"]
+    labels, subs, slow = F._cdga.split_fast(names, N._RULES, N._NODES, N._WILD, F._SHARED)
+    want_l, want_s, _ = F.split_many(names)
+    for i in slow:
+        assert labels[i] is None and subs[i] is None
+        labels[i], subs[i], _ = F.split_label(names[i])
+    assert labels == want_l and subs == want_s
+    assert 0 < len(slow) < len(names) // 4
+    np.testing.assert_array_equal(model.features(names), F.extract(names, model.tables))

@@ -15,6 +15,7 @@ bytes that are not UTF-8 are replaced (U+FFFD), and such names score as given.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -168,23 +169,24 @@ class Scorer:
                 cache.clear()
             self.unique += len(todo)
             excl = self.excluded
-            score_names = []
             dumps = json.dumps
             maybe = self.maybe_excluded
-            for n in todo:
-                # the cheap common case first: a dotted name with no local suffix or underscore
-                if "." in n and "_" not in n and not n.endswith(maybe):
-                    score_names.append(n)
-                    continue
-                why = excl(n)
-                if why is None:
-                    score_names.append(n)
-                else:
-                    cache[n] = (f'{{"domain":{dumps(n)},"dga_score":0.0,"dga_alert":false,'
-                                f'"excluded":"{why}","top_features":{{}}}}')
+            # the cheap common case first: a dotted name with no local suffix or underscore
+            score_names = [n for n in todo if "." in n and "_" not in n and not n.endswith(maybe)]
+            if len(score_names) < len(todo):
+                quick = set(score_names)
+                for n in todo:
+                    if n in quick:
+                        continue
+                    why = excl(n)
+                    if why is None:
+                        score_names.append(n)
+                    else:
+                        cache[n] = (f'{{"domain":{dumps(n)},"dga_score":0.0,"dga_alert":false,'
+                                    f'"excluded":"{why}","top_features":{{}}}}')
             if score_names:
                 self._score(score_names, np)
-        return [cache[n] for n in names]
+        return list(map(cache.__getitem__, names))
 
     def _score(self, names: list[str], np) -> None:
         from detector.detect.dga import features as F
@@ -199,14 +201,10 @@ class Scorer:
             out = fast(names, np.ascontiguousarray(p, np.float64), np.ascontiguousarray(X),
                        np.ascontiguousarray(m.center), np.ascontiguousarray(m.scale),
                        float(self.threshold), self.top, F.FEATURES)
-            rest = []
-            for i, (n, line) in enumerate(zip(names, out)):
-                if line is None:
-                    rest.append(i)
-                else:
-                    cache[n] = line
-            if not rest:
+            cache.update(zip(names, out))
+            if None not in out:
                 return
+            rest = [i for i, line in enumerate(out) if line is None]
             names = [names[i] for i in rest]
             X, p = X[rest], p[rest]
         self._score_py(names, X, p.tolist(), np)
@@ -243,6 +241,9 @@ def run(args: argparse.Namespace) -> int:
 
     model = DgaModel.load(args.model)
     sc = Scorer(model, args.threshold, args.top)
+    # the modules and the model stay for the whole run: the collector need not
+    # walk them again and again while the batches allocate (about 5% of a run)
+    gc.freeze()
     if args.output == "-":
         if sys.stdout is None:  # started with fd 1 closed
             raise DetectorError("stdout is closed: nowhere to write (give -o FILE)", errors.SINK)

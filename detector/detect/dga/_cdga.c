@@ -66,8 +66,44 @@ static int encode(PyObject *s, unsigned char *m) {
 
 typedef struct {
     const float *bigram, *trigram;
-    const unsigned char *seen, *t1, *t2;
+    const unsigned char *seen, *t1, *t2; /* t1, t2: the word bitmaps as one bit per slot */
 } tables_t;
+
+/* The word bitmaps come as one byte per slot (2 x 4 MiB, mostly cache misses);
+ * as bits they take 2 x 512 KiB. The bits of the last pair of arrays seen are
+ * kept, with a reference to them so their memory cannot be reused by other
+ * arrays (the tables are never written once built). */
+static PyObject *bm_owner[2];
+static const void *bm_ptr[2];
+static unsigned char *bm_bits; /* 2 << (BITS - 3) bytes */
+
+static const unsigned char *word_bits(const Py_buffer *b1, const Py_buffer *b2) {
+    if (bm_bits && b1->obj && b2->obj && bm_owner[0] == b1->obj && bm_owner[1] == b2->obj &&
+        bm_ptr[0] == b1->buf && bm_ptr[1] == b2->buf)
+        return bm_bits;
+    if (!bm_bits) {
+        bm_bits = PyMem_Malloc((size_t)2 << (BITS - 3));
+        if (!bm_bits) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+    }
+    memset(bm_bits, 0, (size_t)2 << (BITS - 3));
+    const unsigned char *t[2] = {b1->buf, b2->buf};
+    for (int k = 0; k < 2; k++) {
+        unsigned char *o = bm_bits + ((size_t)k << (BITS - 3));
+        for (size_t i = 0; i < ((size_t)1 << BITS); i++) o[i >> 3] |= (unsigned char)((t[k][i] != 0) << (i & 7));
+    }
+    Py_XDECREF(bm_owner[0]);
+    Py_XDECREF(bm_owner[1]);
+    bm_owner[0] = b1->obj;
+    bm_owner[1] = b2->obj;
+    Py_XINCREF(bm_owner[0]);
+    Py_XINCREF(bm_owner[1]);
+    bm_ptr[0] = b1->obj ? b1->buf : NULL; /* no owner: never reused */
+    bm_ptr[1] = b2->obj ? b2->buf : NULL;
+    return bm_bits;
+}
 
 static void word_cover(const unsigned char *m, int len, const tables_t *t, float *out) {
     /* hit[k][i]: m[i:i+k] is (probably) a word, by the 2-probe bitmap filter */
@@ -81,7 +117,8 @@ static void word_cover(const unsigned char *m, int len, const tables_t *t, float
             h[i] = h[i] * P + (uint64_t)m[i + k - 1] + 1;
             if (k >= MINWORD) {
                 uint64_t hk = h[i] + kmix;
-                hit[k][i] = t->t1[hk & mask] && t->t2[(hk >> 40) & mask];
+                uint64_t a = hk & mask, b = (hk >> 40) & mask;
+                hit[k][i] = (unsigned char)((t->t1[a >> 3] >> (a & 7)) & (t->t2[b >> 3] >> (b & 7)) & 1);
             }
         }
     }
@@ -222,15 +259,21 @@ static double ngram_logit(const unsigned char *m, int len, const float *w, doubl
     memcpy(s + 1, m, (size_t)len);
     s[len + 1] = 39;
     int L = len + 2;
-    double acc = 0.0;
+    /* the slots first (prefetched: the weights are 2 MiB), then the sum in order */
+    uint32_t slot[NG_MAX * (MAXLEN + 2)];
+    int ns = 0;
     for (int k = 1; k <= NG_MAX; k++) {
         for (int i = 0; i + k <= L; i++) {
             uint64_t id = 0;
             for (int j = 0; j < k; j++) id = id * NG_BASE + s[i + j];
             uint64_t h = (id + ((uint64_t)k << 40)) * GOLD;
-            acc += (double)w[h >> (64 - NG_BITS)];
+            slot[ns] = (uint32_t)(h >> (64 - NG_BITS));
+            __builtin_prefetch(w + slot[ns]);
+            ns++;
         }
     }
+    double acc = 0.0;
+    for (int i = 0; i < ns; i++) acc += (double)w[slot[i]];
     return acc + bias;
 }
 
@@ -269,7 +312,9 @@ static PyObject *features(PyObject *self, PyObject *args) {
     }
     if (have_ng && get_buf(ong, &bg, (Py_ssize_t)4 << NG_BITS, 0, "ngram weights") < 0) goto e5;
     if (get_buf(oout, &ob, n * NF * 4, 1, "out") < 0) goto e5g;
-    tables_t t = {bb.buf, tb.buf, sb.buf, have_words ? b1.buf : NULL, have_words ? b2.buf : NULL};
+    const unsigned char *bits = NULL;
+    if (have_words && !(bits = word_bits(&b1, &b2))) goto e6;
+    tables_t t = {bb.buf, tb.buf, sb.buf, bits, bits ? bits + ((size_t)1 << (BITS - 3)) : NULL};
     float *X = ob.buf;
     unsigned char m[MAXLEN];
     for (Py_ssize_t r = 0; r < n; r++) {
@@ -598,13 +643,14 @@ p1:
     return res;
 }
 
-typedef float v8f __attribute__((vector_size(32)));
-typedef uint32_t v8u __attribute__((vector_size(32)));
-#define QW 4               /* vectors of 8 rows per block */
-#define QB (8 * QW)        /* rows per block */
+typedef float v8f __attribute__((vector_size(64)));
+typedef uint32_t v8u __attribute__((vector_size(64)));
+#define VL 16
+#define QW 2               /* vectors of 8 rows per block */
+#define QB (VL * QW)        /* rows per block */
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define QS_CLONES __attribute__((target_clones("avx2", "default")))
+#define QS_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define QS_CLONES
 #endif
@@ -618,7 +664,7 @@ static void qs_block(const qs_t *qs, const float *X, int nb, v8u *v, double base
     const double *lv = QS_VAL(qs);
     int32_t T = qs->ntrees;
     v8u ones;
-    for (int l = 0; l < 8; l++) ones[l] = 0xffffffffu;
+    for (int l = 0; l < VL; l++) ones[l] = 0xffffffffu;
     for (int32_t t = 0; t < T * QW; t++) v[t] = ones;
     for (int f = 0; f < NF; f++) {
         int32_t j = qs->fstart[f], end = qs->fstart[f + 1];
@@ -626,8 +672,8 @@ static void qs_block(const qs_t *qs, const float *X, int nb, v8u *v, double base
         v8f x[QW];
         float xmax = -INFINITY;
         for (int w = 0; w < QW; w++)
-            for (int l = 0; l < 8; l++) {
-                int r = w * 8 + l;
+            for (int l = 0; l < VL; l++) {
+                int r = w * VL + l;
                 float a = r < nb ? X[r * NF + f] : -INFINITY;
                 x[w][l] = a;
                 if (a > xmax) xmax = a;
@@ -651,9 +697,9 @@ static void qs_block(const qs_t *qs, const float *X, int nb, v8u *v, double base
         const v8u *vt = v + (size_t)t * QW;
         const double *lt = lv + (size_t)t * 32;
         for (int w = 0; w < QW; w++)
-            for (int l = 0; l < 8; l++) {
+            for (int l = 0; l < VL; l++) {
                 uint32_t b = vt[w][l];
-                s[w * 8 + l] += lt[b ? __builtin_ctz(b) : 0];
+                s[w * VL + l] += lt[b ? __builtin_ctz(b) : 0];
             }
     }
     for (int r = 0; r < nb; r++) out[r] = s[r];
@@ -706,12 +752,12 @@ static PyObject *forest_qs(PyObject *self, PyObject *args) {
                 goto q5;
             }
         if (check_forest(nd, nodes, roots, depths, ntrees) < 0) goto q5;
-        v8u *v = PyMem_Malloc((size_t)(ntrees ? ntrees : 1) * QW * sizeof(v8u) + 32);
+        v8u *v = PyMem_Malloc((size_t)(ntrees ? ntrees : 1) * QW * sizeof(v8u) + 64);
         if (!v) {
             PyErr_NoMemory();
             goto q5;
         }
-        v8u *va = (v8u *)(((uintptr_t)v + 31) & ~(uintptr_t)31);
+        v8u *va = (v8u *)(((uintptr_t)v + 63) & ~(uintptr_t)63);
         Py_BEGIN_ALLOW_THREADS
         for (Py_ssize_t r0 = 0; r0 < n; r0 += QB) {
             int nb = (int)(n - r0 < QB ? n - r0 : QB);
@@ -742,6 +788,104 @@ q1:
 q0:
     PyBuffer_Release(&bx);
     return res;
+}
+
+/* ---- features.split_many's fast path ----
+ *
+ * split_fast(names, rules, nodes, wild, shared) -> (labels, subs, slow)
+ * For a name whose last two labels are "label.tld" with tld a public suffix
+ * (in rules), "label.tld" not the start of a longer rule (not in nodes), tld
+ * no wildcard parent (not in wild), "label.tld" no shared parent and tld not
+ * "arpa": the label and the subdomain (what split_many takes from
+ * name.rsplit(".", 2)). Every other name is listed in slow (its entries are
+ * None) for features.split_label. */
+static PyObject *split_fast(PyObject *self, PyObject *args) {
+    PyObject *names, *rules, *nodes, *wild, *shared;
+    if (!PyArg_ParseTuple(args, "O!OOOO", &PyList_Type, &names, &rules, &nodes, &wild, &shared)) return NULL;
+    if (!PyAnySet_Check(rules) || !PyAnySet_Check(nodes) || !PyAnySet_Check(wild) || !PyAnySet_Check(shared)) {
+        PyErr_SetString(PyExc_TypeError, "split_fast: the rule tables must be sets");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(names);
+    PyObject *labels = PyList_New(n), *subs = PyList_New(n), *slow = PyList_New(0), *empty = NULL;
+    PyObject *arpa = PyUnicode_FromString("arpa");
+    if (!labels || !subs || !slow || !arpa) goto fail;
+    empty = PyUnicode_New(0, 0);
+    if (!empty) goto fail;
+    for (Py_ssize_t r = 0; r < n; r++) {
+        PyObject *nm = PyList_GET_ITEM(names, r);
+        if (!PyUnicode_Check(nm)) {
+            PyErr_SetString(PyExc_TypeError, "split_fast: names must be str");
+            goto fail;
+        }
+        Py_ssize_t len = PyUnicode_GET_LENGTH(nm);
+        Py_ssize_t p1 = len ? PyUnicode_FindChar(nm, '.', 0, len, -1) : -1;
+        if (p1 == -2) goto fail;
+        int ok = 0;
+        PyObject *tld = NULL, *key = NULL, *lab = NULL, *sub = NULL;
+        if (p1 >= 0) {
+            Py_ssize_t p2 = p1 ? PyUnicode_FindChar(nm, '.', 0, p1, -1) : -1;
+            if (p2 == -2) goto fail;
+            tld = PyUnicode_Substring(nm, p1 + 1, len);
+            key = p2 >= 0 ? PyUnicode_Substring(nm, p2 + 1, len) : (Py_INCREF(nm), nm);
+            if (!tld || !key) goto fail_item;
+            int c;
+            if ((c = PySet_Contains(rules, tld)) < 0) goto fail_item;
+            if (c) {
+                if ((c = PySet_Contains(nodes, key)) < 0) goto fail_item;
+                if (!c) {
+                    if ((c = PySet_Contains(wild, tld)) < 0) goto fail_item;
+                    if (!c) {
+                        if ((c = PySet_Contains(shared, key)) < 0) goto fail_item;
+                        if (!c && PyUnicode_Compare(tld, arpa) != 0) ok = 1;
+                    }
+                }
+            }
+            if (ok) {
+                lab = PyUnicode_Substring(nm, p2 + 1, p1);
+                if (p2 >= 0)
+                    sub = PyUnicode_Substring(nm, 0, p2);
+                else {
+                    sub = empty;
+                    Py_INCREF(sub);
+                }
+                if (!lab || !sub) goto fail_item;
+            }
+        }
+        Py_XDECREF(tld);
+        Py_XDECREF(key);
+        if (!ok) {
+            PyObject *i = PyLong_FromSsize_t(r);
+            if (!i || PyList_Append(slow, i) < 0) {
+                Py_XDECREF(i);
+                goto fail;
+            }
+            Py_DECREF(i);
+            Py_INCREF(Py_None);
+            Py_INCREF(Py_None);
+            lab = sub = Py_None;
+        }
+        PyList_SET_ITEM(labels, r, lab);
+        PyList_SET_ITEM(subs, r, sub);
+        continue;
+    fail_item:
+        Py_XDECREF(tld);
+        Py_XDECREF(key);
+        Py_XDECREF(lab);
+        Py_XDECREF(sub);
+        goto fail;
+    }
+    Py_DECREF(empty);
+    Py_DECREF(arpa);
+    return Py_BuildValue("(NNN)", labels, subs, slow);
+fail:
+    /* unset items of a new list are NULL: list_dealloc skips them */
+    Py_XDECREF(labels);
+    Py_XDECREF(subs);
+    Py_XDECREF(slow);
+    Py_XDECREF(empty);
+    Py_XDECREF(arpa);
+    return NULL;
 }
 
 /* ---- `detector score`'s JSON lines ----
@@ -963,6 +1107,7 @@ static PyMethodDef methods[] = {
     {"features", features, METH_VARARGS, "DGA features of labels into a float32 (n, NF) buffer."},
     {"forest", forest, METH_VARARGS, "Raw scores of a flattened gradient-boosted forest."},
     {"forest_pack", forest_pack, METH_VARARGS, "The flattened forest as leaf bitvectors for forest_qs."},
+    {"split_fast", split_fast, METH_VARARGS, "features.split_many's fast path: labels, subs, slow indices."},
     {"lines", lines, METH_VARARGS, "`detector score`'s JSON lines for scored names (None: format in Python)."},
     {"forest_qs", forest_qs, METH_VARARGS, "Raw scores of a flattened forest by leaf bitvectors."},
     {NULL, NULL, 0, NULL}};

@@ -131,7 +131,18 @@ class DgaModel:
 
     # --- scoring ----------------------------------------------------------------
     def features(self, names: list[str]) -> np.ndarray:
-        return F.extract(names, self._tables())
+        tables = self._tables()
+        split = getattr(F._cdga, "split_fast", None)
+        if split is None or not isinstance(names, list):
+            return F.extract(names, tables)
+        # F.split_many's fast path in C (the same test, on the same public-suffix
+        # sets; tests/test_dga_fast.py holds the two equal), the rest by split_label
+        from detector.dns import names as N
+
+        labels, subs, slow = split(names, N._RULES, N._NODES, N._WILD, F._SHARED)
+        for i in slow:
+            labels[i], subs[i], _ = F.split_label(names[i])
+        return F.extract_parts(labels, subs, tables)
 
     def predict_proba(self, names: list[str]) -> np.ndarray:
         """(n, 2): benign and DGA score; the DGA column is :meth:`proba_from_features`."""
