@@ -160,3 +160,17 @@ def test_c_split_is_split_many(model, data):
     assert labels == want_l and subs == want_s
     assert 0 < len(slow) < len(names) // 4
     np.testing.assert_array_equal(model.features(names), F.extract(names, model.tables))
+
+
+def test_a_full_cache_is_emptied_without_losing_the_batch(model, monkeypatch):
+    """Repeated names across batches, a cache far smaller than the names: every
+    line is still the name's own (the batch's names survive the clearing)."""
+    rnd = random.Random(4)
+    pool = [f"{''.join(rnd.choice('abcdefghij') for _ in range(8))}.com" for _ in range(3000)]
+    want = dict(zip(pool, S.Scorer(model).lines(pool)))
+    monkeypatch.setattr(S, "_CACHE_MAX", 500)
+    sc = S.Scorer(model)
+    for _ in range(20):
+        batch = [rnd.choice(pool) for _ in range(400)]
+        assert sc.lines(batch) == [want[n] for n in batch]
+    assert len(sc.cache) <= 500 + 400

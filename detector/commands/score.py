@@ -163,54 +163,59 @@ class Scorer:
         import numpy as np
 
         cache = self.cache
-        todo = [n for n in dict.fromkeys(names) if n not in cache]
-        if todo:
-            if len(cache) + len(todo) > _CACHE_MAX:
-                cache.clear()
-            self.unique += len(todo)
-            excl = self.excluded
-            dumps = json.dumps
-            maybe = self.maybe_excluded
-            # the cheap common case first: a dotted name with no local suffix or underscore
-            score_names = [n for n in todo if "." in n and "_" not in n and not n.endswith(maybe)]
-            if len(score_names) < len(todo):
-                quick = set(score_names)
-                for n in todo:
-                    if n in quick:
-                        continue
-                    why = excl(n)
-                    if why is None:
-                        score_names.append(n)
-                    else:
-                        cache[n] = (f'{{"domain":{dumps(n)},"dga_score":0.0,"dga_alert":false,'
-                                    f'"excluded":"{why}","top_features":{{}}}}')
-            if score_names:
-                self._score(score_names, np)
-        return list(map(cache.__getitem__, names))
+        new = {n: None for n in names if n not in cache}  # this batch's new names, in order
+        if not new:
+            return list(map(cache.__getitem__, names))
+        self.unique += len(new)
+        excl = self.excluded
+        dumps = json.dumps
+        maybe = self.maybe_excluded
+        # the cheap common case first: a dotted name with no local suffix or underscore
+        score_names = [n for n in new if "." in n and "_" not in n and not n.endswith(maybe)]
+        if len(score_names) < len(new):
+            quick = set(score_names)
+            for n in new:
+                if n in quick:
+                    continue
+                why = excl(n)
+                if why is None:
+                    score_names.append(n)
+                else:
+                    new[n] = (f'{{"domain":{dumps(n)},"dga_score":0.0,"dga_alert":false,'
+                              f'"excluded":"{why}","top_features":{{}}}}')
+        if score_names:
+            self._score(score_names, np, new)
+        # a batch of names all new (the usual case) needs no look-up per name
+        out = list(new.values()) if len(new) == len(names) else [new.get(n) or cache[n] for n in names]
+        if len(cache) + len(new) > _CACHE_MAX:
+            cache.clear()
+        cache.update(new)
+        return out
 
-    def _score(self, names: list[str], np) -> None:
+    def _score(self, names: list[str], np, dst: dict[str, str]) -> None:
+        """The lines of ``names`` (scored names) into ``dst``."""
         from detector.detect.dga import features as F
 
         m = self.model
         X = m.features(names)
         p = m.proba_from_features(X)
-        cache = self.cache
         fast = getattr(F._cdga, "lines", None)
         if fast is not None and X.dtype == m.center.dtype == m.scale.dtype == np.float32:
             # the lines in C; the few it leaves (None: a name to escape, say) below
             out = fast(names, np.ascontiguousarray(p, np.float64), np.ascontiguousarray(X),
                        np.ascontiguousarray(m.center), np.ascontiguousarray(m.scale),
                        float(self.threshold), self.top, F.FEATURES)
-            cache.update(zip(names, out))
+            dst.update(zip(names, out))
             if None not in out:
                 return
             rest = [i for i, line in enumerate(out) if line is None]
             names = [names[i] for i in rest]
             X, p = X[rest], p[rest]
-        self._score_py(names, X, p.tolist(), np)
+        self._score_py(names, X, p.tolist(), np, dst)
 
-    def _score_py(self, names: list[str], X, p: list[float], np) -> None:
-        """The lines by orjson (the reference of ``_cdga.lines``)."""
+    def _score_py(self, names: list[str], X, p: list[float], np, dst: dict[str, str] | None = None) -> None:
+        """The lines by orjson (the reference of ``_cdga.lines``), into ``dst``
+        (default: the cache)."""
         import orjson
 
         from detector.detect.dga.features import FEATURES
@@ -219,7 +224,7 @@ class Scorer:
         thr = self.threshold
         k = self.top
         fn = FEATURES
-        cache = self.cache
+        cache = self.cache if dst is None else dst
         dumps = orjson.dumps
         if k:
             z = np.abs((X - m.center) / m.scale)
