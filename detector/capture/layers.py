@@ -22,8 +22,18 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 
 from detector.capture.tcpstream import TcpDnsReassembler
+from detector.dns import wire
 from detector.dns.wire import DnsParseError, decode
 from detector.events import DnsEvent
+
+# Whole classic-pcap records to events in C (detector/capture/_cframe.c), when it was
+# built and the C DNS decoder is in use (DETECTOR_PURE_PYTHON=1 turns both off).
+_cframe = None
+if wire._cwire is not None:
+    try:
+        from detector.capture import _cframe
+    except ImportError:  # not built, or built against another _cwire
+        _cframe = None
 
 # Link types (https://www.tcpdump.org/linktypes.html)
 LT_NULL, LT_ETHERNET, LT_PPP, LT_RAW, LT_RAW_OLD, LT_RAW_OLD2 = 0, 1, 9, 101, 12, 14
@@ -212,6 +222,24 @@ class PacketDecoder:
         except (struct.error, IndexError, ValueError, OSError):
             self.stats["truncated_packet"] += 1
         return out
+
+    @property
+    def can_scan(self) -> bool:
+        """:meth:`scan_pcap` is there (the C fast path was built)."""
+        return _cframe is not None
+
+    def scan_pcap(self, buf, off: int, size: int, big_endian: bool, resolution: float,
+                  linktype: int, limit: int, out: list) -> tuple[int, int]:
+        """Decode up to ``limit`` whole classic-pcap records of ``buf[off:size]``, their
+        events onto ``out`` in record order, as :meth:`frame` on each would: DNS over
+        UDP in C, every other record through :meth:`frame`. Stops before a record not
+        whole there (or claiming more than 64 MiB): the reader's to handle. Returns
+        (offset after the records, records decoded)."""
+        off, k, packets, dns = _cframe.scan(self, buf, off, size, big_endian, resolution, linktype,
+                                            limit, self.ports, out, self.stats)
+        self.packets += packets
+        self.dns_messages += dns
+        return off, k
 
     def _ntop6(self, b: bytes) -> str:
         a6 = self._a6

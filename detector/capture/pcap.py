@@ -331,6 +331,19 @@ class PcapReader:
             return self._pcap()
         return self._pcapng()
 
+    def scan(self, scan: Callable, chunk: int) -> Iterator[bool | None]:
+        """Classic pcap, the records handed over a run at a time rather than one by one:
+        ``scan(buf, off, size, big_endian, resolution, linktype, limit)`` decodes up
+        to ``limit`` whole records of ``buf[off:size]`` and returns (offset after
+        them, records decoded); it stops before a record that is not whole there,
+        which this reader then reads on for, or finds cut (as iteration does).
+        Yields True after every ``chunk`` records, and None when a stream has
+        nothing more right now (with :attr:`idle_marks`; the count of ``chunk``
+        starts again after it)."""
+        if self.format != "pcap":
+            raise ValueError("scan: classic pcap only")
+        return self._pcap_scan(scan, chunk)
+
     def close(self) -> None:
         if isinstance(self.buf, mmap.mmap):
             self.buf.close()
@@ -398,6 +411,30 @@ class PcapReader:
             self._cut(dec.damage + (f"; {d}" if d else ""))
 
     # --- classic pcap ----------------------------------------------------------
+    def _corrupt(self, off: int, caplen: int) -> bool:
+        """The record at ``off`` claims more than any real one (64 MiB): said so."""
+        if caplen > 0x4000000:
+            self._cut(f"record at byte {self._base + off} claims {caplen} bytes: corrupt")
+            return True
+        return False
+
+    def _cut_short(self, off: int, caplen: int, size: int) -> bool:
+        """The last record, at ``off``, is not whole in the ``size`` bytes there: said so."""
+        if off + 16 + caplen > size:
+            self._cut(f"last record at byte {self._base + off} cut short "
+                      f"({size - off - 16} of {caplen} bytes)")
+            return True
+        return False
+
+    def _stray(self, off: int, size: int) -> None:
+        if off != size:
+            self._cut(f"{size - off} stray bytes after the last record")
+
+    def _pcap_end(self, n: int, off: int) -> None:
+        self.packets = n
+        self.offset = self._base + off
+        self._damaged()
+
     def _pcap(self) -> Iterator[tuple[float, int, bytes]]:
         buf = self.buf
         size = len(buf)
@@ -421,16 +458,13 @@ class PcapReader:
                         break
                 sec, frac, caplen, _orig = unpack(buf, off)
                 end = off + 16 + caplen
-                if caplen > 0x4000000:
-                    self._cut(f"record at byte {self._base + off} claims {caplen} bytes: corrupt")
+                if self._corrupt(off, caplen):
                     return
                 if end > size:
                     if stream:
                         buf, off, size = self._refill(buf, off, 16 + caplen)
                         end = off + 16 + caplen
-                    if end > size:
-                        self._cut(f"last record at byte {self._base + off} cut short "
-                                  f"({size - off - 16} of {caplen} bytes)")
+                    if self._cut_short(off, caplen, size):
                         return
                 frame = buf[off + 16:end]
                 off = end
@@ -440,12 +474,56 @@ class PcapReader:
                     if not n & 0x3FFF:
                         self._release(off)
                 yield sec + frac * res, lt, frame
-            if off != size:
-                self._cut(f"{size - off} stray bytes after the last record")
+            self._stray(off, size)
         finally:
-            self.packets = n
-            self.offset = self._base + off
-            self._damaged()
+            self._pcap_end(n, off)
+
+    def _pcap_scan(self, scan: Callable, chunk: int) -> Iterator[bool | None]:
+        buf = self.buf
+        size = len(buf)
+        e, res = PCAP_MAGIC[bytes(buf[:4])]
+        big = e == ">"
+        unpack = struct.Struct(e + "IIII").unpack_from
+        lt = self.linktypes[0]
+        off = 24
+        n = 0
+        left = chunk  # records before the next True
+        stream = self._read is not None
+        try:
+            while True:
+                off, k = scan(buf, off, size, big, res, lt, left)
+                if k:
+                    before, n = n, n + k
+                    self.offset = self._base + off
+                    if n >> 14 != before >> 14:
+                        self._release(off)
+                    left -= k
+                    if not left:
+                        left = chunk
+                        yield True
+                    continue
+                # the record at off is not whole in buf: the end, a cut, or more to read
+                if off + 16 > size:
+                    if not stream:
+                        break
+                    if self._would_block():
+                        self.offset = self._base + off
+                        left = chunk
+                        yield None
+                    buf, off, size = self._refill(buf, off, 16)
+                    if off + 16 > size:
+                        break
+                    continue
+                caplen = unpack(buf, off)[2]
+                if self._corrupt(off, caplen):
+                    return
+                if stream:
+                    buf, off, size = self._refill(buf, off, 16 + caplen)
+                if self._cut_short(off, caplen, size):
+                    return
+            self._stray(off, size)
+        finally:
+            self._pcap_end(n, off)
 
     # --- pcapng ----------------------------------------------------------------
     def _pcapng(self) -> Iterator[tuple[float, int, bytes]]:

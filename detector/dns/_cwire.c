@@ -278,7 +278,7 @@ static PyObject *rdata_obj(const unsigned char *b, Py_ssize_t n, unsigned rtype,
     }
     default: { /* the rarer types: rdata.present(rtype, msg, off, rdlen) -> (text, damage) */
         if (!*bufobj) {
-            *bufobj = PyBytes_CheckExact(msg) ? Py_NewRef(msg)
+            *bufobj = msg && PyBytes_CheckExact(msg) ? Py_NewRef(msg)
                                               : PyBytes_FromStringAndSize((const char *)b, n);
             if (!*bufobj) return NULL;
         }
@@ -376,44 +376,21 @@ static int port_is(PyObject *p, long port) {
 
 #define DAMAGE(k) do { if (!mal) mal = (k); } while (0)
 
-static PyObject *decode(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs < 8 || nargs > 9) {
-        PyErr_SetString(PyExc_TypeError, "decode(buf, ts, transport, ip_version, src_ip, src_port, "
-                                         "dst_ip, dst_port, max_answers=64)");
-        return NULL;
-    }
+/* Decode the message b[0:n] (n >= 12) into a DnsEvent with meta = (ts, transport,
+ * ip_version, src_ip, src_port, dst_ip, dst_port); *mal_out = its damage kind (E_OK
+ * when none; ev.malformed is set already). msg: the message as a Python object for
+ * the rare-type callback (NULL: bytes are made from b when needed). NULL with an
+ * exception set on a Python error. */
+static PyObject *decode_msg(const unsigned char *b, Py_ssize_t n, PyObject *msg,
+                            PyObject *const *meta, Py_ssize_t max_answers, int *mal_out) {
+    PyObject *ev = NULL, *questions = NULL, *sec[3] = {NULL, NULL, NULL}, *edns = NULL, *bufobj = NULL;
     if (!present_cb) {
         PyErr_SetString(PyExc_RuntimeError, "_cwire: setup() was not called");
         return NULL;
     }
-    Py_ssize_t max_answers = 64;
-    if (nargs == 9) {
-        max_answers = PyLong_AsSsize_t(args[8]);
-        if (max_answers == -1 && PyErr_Occurred()) return NULL;
-    }
-    Py_buffer view;
-    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) return NULL;
-    const unsigned char *b = view.buf;
-    Py_ssize_t n = view.len;
-    PyObject *ev = NULL, *questions = NULL, *sec[3] = {NULL, NULL, NULL}, *edns = NULL, *bufobj = NULL;
-    if (n < 12) {
-        PyObject *e = PyObject_CallFunction(DnsParseError, "ss", "short_header", "");
-        if (e) {
-            PyObject *msg = PyUnicode_FromFormat("short_header: %zd bytes", n);
-            if (msg) {
-                PyObject *a = PyTuple_Pack(1, msg);
-                if (a) { PyObject_SetAttrString(e, "args", a); Py_DECREF(a); }
-                Py_DECREF(msg);
-            }
-            PyErr_SetObject(DnsParseError, e);
-            Py_DECREF(e);
-        }
-        PyBuffer_Release(&view);
-        return NULL;
-    }
     unsigned mid = u16(b), flags = u16(b + 2), qd = u16(b + 4), an = u16(b + 6), ns = u16(b + 8),
              ar = u16(b + 10);
-    int mdns = port_is(args[5], MDNS_PORT) || port_is(args[7], MDNS_PORT);
+    int mdns = port_is(meta[4], MDNS_PORT) || port_is(meta[6], MDNS_PORT);
     unsigned long rcode = flags & 0xF;
     int mal = 0, bad;
     questions = PyList_New(0);
@@ -483,7 +460,7 @@ static PyObject *decode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                 if (!rdlen) data = Py_NewRef(s_empty);
                 else if (rtype == 1 && rdlen == 4) data = ip_obj(AF_INET, b + off);
                 else {
-                    data = rdata_obj(b, n, rtype, off, rdlen, &bad, args[0], &bufobj);
+                    data = rdata_obj(b, n, rtype, off, rdlen, &bad, msg, &bufobj);
                     if (bad) DAMAGE(bad);
                 }
                 if (!data) { Py_DECREF(name); goto fail; }
@@ -506,8 +483,8 @@ static PyObject *decode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     {
         PyObject *v[N_EVENT] = {
-            Py_NewRef(args[1]), Py_NewRef(args[2]), Py_NewRef(args[3]), Py_NewRef(args[4]),
-            Py_NewRef(args[5]), Py_NewRef(args[6]), Py_NewRef(args[7]), PyLong_FromLong(mid),
+            Py_NewRef(meta[0]), Py_NewRef(meta[1]), Py_NewRef(meta[2]), Py_NewRef(meta[3]),
+            Py_NewRef(meta[4]), Py_NewRef(meta[5]), Py_NewRef(meta[6]), PyLong_FromLong(mid),
             PyLong_FromLong(flags), PyLong_FromUnsignedLong(rcode), questions, sec[0],
             sec[1] ? sec[1] : Py_NewRef(empty_tuple), sec[2] ? sec[2] : Py_NewRef(empty_tuple),
             PyLong_FromLong(an), PyLong_FromLong(ns), PyLong_FromLong(ar), PyLong_FromSsize_t(n),
@@ -519,7 +496,7 @@ static PyObject *decode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     if (mal && PyObject_SetAttr(ev, s_malformed, E_STR[mal]) < 0) goto fail;
     Py_XDECREF(bufobj);
-    PyBuffer_Release(&view);
+    *mal_out = mal;
     return ev;
 fail:
     Py_XDECREF(ev);
@@ -527,8 +504,46 @@ fail:
     for (int s = 0; s < 3; s++) Py_XDECREF(sec[s]);
     Py_XDECREF(edns);
     Py_XDECREF(bufobj);
-    PyBuffer_Release(&view);
     return NULL;
+}
+
+static PyObject *decode(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 8 || nargs > 9) {
+        PyErr_SetString(PyExc_TypeError, "decode(buf, ts, transport, ip_version, src_ip, src_port, "
+                                         "dst_ip, dst_port, max_answers=64)");
+        return NULL;
+    }
+    if (!present_cb) {
+        PyErr_SetString(PyExc_RuntimeError, "_cwire: setup() was not called");
+        return NULL;
+    }
+    Py_ssize_t max_answers = 64;
+    if (nargs == 9) {
+        max_answers = PyLong_AsSsize_t(args[8]);
+        if (max_answers == -1 && PyErr_Occurred()) return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) return NULL;
+    Py_ssize_t n = view.len;
+    if (n < 12) {
+        PyObject *e = PyObject_CallFunction(DnsParseError, "ss", "short_header", "");
+        if (e) {
+            PyObject *msg = PyUnicode_FromFormat("short_header: %zd bytes", n);
+            if (msg) {
+                PyObject *a = PyTuple_Pack(1, msg);
+                if (a) { PyObject_SetAttrString(e, "args", a); Py_DECREF(a); }
+                Py_DECREF(msg);
+            }
+            PyErr_SetObject(DnsParseError, e);
+            Py_DECREF(e);
+        }
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    int mal;
+    PyObject *ev = decode_msg(view.buf, n, args[0], args + 1, max_answers, &mal);
+    PyBuffer_Release(&view);
+    return ev;
 }
 
 /* A tuple of the names, after checking each is a field of the dataclass ``cls``. */
@@ -598,6 +613,20 @@ static PyObject *setup(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* What other extensions call (detector/capture/_cframe.c decodes the DNS messages of
+ * whole captures with it), as the capsule detector.dns._cwire._C_API. The struct is
+ * declared the same in both files; a change to it bumps CWIRE_API_VERSION, which
+ * _cframe checks on import. */
+typedef struct {
+    int version;
+    PyObject *(*decode_msg)(const unsigned char *b, Py_ssize_t n, PyObject *msg,
+                            PyObject *const *meta, Py_ssize_t max_answers, int *mal_out);
+    const char *const *kinds; /* damage kind names by number ("" for E_OK) */
+    int nkinds;
+} CwireApi;
+#define CWIRE_API_VERSION 1
+static CwireApi c_api = {CWIRE_API_VERSION, decode_msg, E_NAMES, E_COUNT};
+
 static PyMethodDef methods[] = {
     {"decode", (PyCFunction)(void (*)(void))decode, METH_FASTCALL,
      "decode(buf, ts, transport, ip_version, src_ip, src_port, dst_ip, dst_port, max_answers=64)"
@@ -618,5 +647,11 @@ PyMODINIT_FUNC PyInit__cwire(void) {
     s_padding = PyUnicode_InternFromString("PADDING");
     empty_tuple = PyTuple_New(0);
     for (int i = 0; i < E_COUNT; i++) E_STR[i] = PyUnicode_InternFromString(E_NAMES[i]);
+    PyObject *cap = PyCapsule_New(&c_api, "detector.dns._cwire._C_API", NULL);
+    if (!cap || PyModule_AddObject(m, "_C_API", cap) < 0) {
+        Py_XDECREF(cap);
+        Py_DECREF(m);
+        return NULL;
+    }
     return m;
 }

@@ -50,6 +50,9 @@ class PcapSource(Source):
         self._reader: PcapReader | None = None
         self._done_bytes = 0  # bytes of the files already read
         self._label = self.paths[0] if self.paths else ""
+        #: classic pcap records decoded a run at a time in C when it was built (False:
+        #: frame by frame in Python, the reference tests/test_fast_path.py compares with)
+        self.fast = True
 
     def _on_conn(self, ts, transport, ipv, src, sport, dst, dport) -> None:
         self._out.append(ConnEvent(ts, transport, ipv, src, sport, dst, dport))
@@ -114,6 +117,25 @@ class PcapSource(Source):
         stdin or a pipe, what is held also goes on whenever the stream pauses (a
         live `tcpdump -U -w -` gives its alerts as they happen)."""
         reader.idle_marks = reader.streaming
+        if reader.format == "pcap" and self.dec.can_scan and self.fast:
+            return self._scan(reader)
+        return self._frames(reader)
+
+    def _scan(self, reader: PcapReader) -> Iterator[Batch]:
+        """:meth:`_read` for a classic pcap: the records decoded a run at a time in C
+        (PacketDecoder.scan_pcap), the same events and batches as frame by frame."""
+        dec = self.dec
+
+        def scan(buf, off, size, big, res, lt, limit):
+            return dec.scan_pcap(buf, off, size, big, res, lt, limit, self._out)
+
+        for mark in reader.scan(scan, BATCH_PACKETS):
+            if self._out:
+                yield self._take()
+            if mark is None and self.on_idle is not None:  # a stream with nothing right now
+                self.on_idle()
+
+    def _frames(self, reader: PcapReader) -> Iterator[Batch]:
         frame = self.dec.frame
         n = 0
         out = self._out
