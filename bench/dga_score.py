@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from detector.paths import shared_data  # noqa: E402
 
-TARGET = 100_000
+TARGET = 200_000
 
 
 def names(n: int, seed: int = 1) -> list[str]:
