@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -341,7 +342,19 @@ def test_real_iodine_through_live_capture_alerts_with_iodines_pid(tmp_path):
             time.sleep(1)
     finally:
         det.send_signal(2)  # SIGINT: detach and flush
-        det.wait(60)
+        try:
+            det.wait(60)
+        except subprocess.TimeoutExpired:
+            # Seen once in a full CI-like run (cause not found yet): the first SIGINT
+            # was not acted on. Ask again so the alerts are judged, and say so.
+            det.send_signal(2)
+            try:
+                det.wait(30)
+            except subprocess.TimeoutExpired:
+                det.kill()
+                det.wait()
+                raise AssertionError("detector live ignored two SIGINTs for 90 s") from None
+            warnings.warn("detector live needed a second SIGINT to stop")
     alerts = [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
     tun = [a for a in alerts if a["rule"]["id"] == "dns-tunnel"]
     assert tun, f"no tunnel alert from the live capture ({len(alerts)} alerts)"
