@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections import Counter
@@ -330,6 +331,7 @@ def test_real_iodine_through_live_capture_alerts_with_iodines_pid(tmp_path):
     det = subprocess.Popen(DETECTOR + ["live", "--duration", "90", "--format", "ecs", "-o", str(out),
                                        "--rules", str(REPO / "rules")],
                            stderr=subprocess.PIPE, text=True, cwd=REPO)
+    err: list[str] = []
     try:
         t = time.monotonic()
         while time.monotonic() - t < 120:
@@ -337,6 +339,9 @@ def test_real_iodine_through_live_capture_alerts_with_iodines_pid(tmp_path):
             if "capturing DNS" in line or not line:
                 break
         assert "capturing DNS" in line, "detector live did not start"
+        # read its stderr from now on: a pipe nobody reads fills, and a detector
+        # blocked writing to it could not act on SIGINT
+        threading.Thread(target=lambda: err.extend(det.stderr), daemon=True).start()
         with NetnsPair(prefix="li", subnet="10.96.0") as net:
             iodine_pid = iodine_session(net, "192.168.98.1")
             time.sleep(1)
@@ -353,8 +358,10 @@ def test_real_iodine_through_live_capture_alerts_with_iodines_pid(tmp_path):
             except subprocess.TimeoutExpired:
                 det.kill()
                 det.wait()
-                raise AssertionError("detector live ignored two SIGINTs for 90 s") from None
-            warnings.warn("detector live needed a second SIGINT to stop")
+                raise AssertionError("detector live ignored two SIGINTs for 90 s; stderr ends: "
+                                     + "".join(err[-20:])) from None
+            warnings.warn("detector live needed a second SIGINT to stop; stderr ends: "
+                          + "".join(err[-5:]))
     alerts = [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
     tun = [a for a in alerts if a["rule"]["id"] == "dns-tunnel"]
     assert tun, f"no tunnel alert from the live capture ({len(alerts)} alerts)"
