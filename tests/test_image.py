@@ -11,12 +11,12 @@ import os
 import re
 import shutil
 import subprocess
-import time
 import tomllib
 
 import pytest
 
 from detector.paths import REPO
+from tests.procs import Drained
 
 DOCKERFILE = REPO / "docker" / "Dockerfile"
 IGNORE = REPO / "docker" / "Dockerfile.dockerignore"
@@ -163,17 +163,13 @@ def test_the_image_captures_live_with_the_daemonsets_capabilities_only(image):
     try:
         mounts = [a for p in c["volumeMounts"] if p["mountPath"] in ("/lib/modules", "/usr/src")
                   for a in ("-v", f"{p['mountPath']}:{p['mountPath']}:ro")]
-        live = subprocess.Popen(["buildah", "run", "--isolation", "chroot", *mounts, ctr, "--",
-                                 "/usr/local/bin/detector-entrypoint", "live", "--duration", "12", "--ports", str(port),
-                                 "--events", "--format", "jsonl"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        t, head = time.monotonic(), ""
-        while time.monotonic() - t < 90:
-            line = live.stderr.readline()
-            head += line
-            if "capturing DNS" in line or not line:
-                break
+        live = Drained(["buildah", "run", "--isolation", "chroot", *mounts, ctr, "--",
+                        "/usr/local/bin/detector-entrypoint", "live", "--duration", "12", "--ports", str(port),
+                        "--events", "--format", "jsonl"],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        head = live.read_until("capturing DNS", 90)
         assert "capturing DNS" in head, head + live.stderr.read()
+        live.drain()  # its pipes read from now on: a full one would block it
         cl = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3",
                              "-c", CLIENT, str(port)], capture_output=True, text=True, timeout=20)
         assert cl.returncode == 0, cl.stderr

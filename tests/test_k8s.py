@@ -14,7 +14,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import pytest
 import yaml
 
 from detector.paths import REPO
+from tests.procs import Drained
 
 K8S = REPO / "deploy" / "kubernetes"
 # the oldest and the newest Kubernetes release we claim (both bundled by kubernetes-validate)
@@ -274,14 +274,9 @@ def _live_with_caps(caps: set[str], port: int) -> tuple[subprocess.CompletedProc
     cmd = ["setpriv", f"--bounding-set={bounding}", "--inh-caps=-all", "--",
            sys.executable, "-m", "detector", "live", "--duration", "8", "--ports", str(port),
            "--events", "--format", "jsonl"]
-    live = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    t = time.monotonic()
-    err_head = ""
-    while time.monotonic() - t < 60:
-        line = live.stderr.readline()
-        err_head += line
-        if "capturing DNS" in line or not line:
-            break
+    live = Drained(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err_head = live.read_until("capturing DNS", 60)
+    live.drain()  # its pipes read from now on: a full one would block it
     pid = None
     if "capturing DNS" in err_head:
         # a client of another user: its /proc/<pid>/exe needs SYS_PTRACE to read

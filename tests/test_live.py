@@ -14,7 +14,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 import warnings
 from collections import Counter
@@ -26,6 +25,7 @@ from detector.capture.live import cgroup2_root, live_capture_available
 from detector.capture.proc import container_id
 from detector.paths import REPO
 from tests.conftest import DETECTOR
+from tests.procs import Drained
 
 ROOT = os.geteuid() == 0
 pytestmark = pytest.mark.skipif(not ROOT, reason="live eBPF capture needs root")
@@ -78,18 +78,15 @@ def resolver():
     p.wait(5)
 
 
-def start_live(port: int | str, duration: float, *extra: str) -> subprocess.Popen:
-    p = subprocess.Popen(DETECTOR + ["live", "--duration", str(duration), "--ports", str(port),
-                                     "--events", "--format", "jsonl", *extra],
-                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    t = time.monotonic()
-    line = ""
-    while time.monotonic() - t < 60:  # compiling the programs takes a few seconds
-        line = p.stderr.readline()
-        if "capturing DNS" in line or not line:
-            break
-    assert "capturing DNS" in line, line + p.stderr.read()
-    return p
+def start_live(port: int | str, duration: float, *extra: str) -> Drained:
+    """`detector live` started and capturing; its stdout and stderr read on threads
+    from then on (tests/procs.py), `communicate()` gives both, stderr from its start."""
+    p = Drained(DETECTOR + ["live", "--duration", str(duration), "--ports", str(port),
+                            "--events", "--format", "jsonl", *extra],
+                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    head = p.read_until("capturing DNS", 60)  # compiling the programs takes a few seconds
+    assert "capturing DNS" in head, head + p.stderr.read()
+    return p.drain(head)
 
 
 def run_client(*args: str, cgroup: Path | None = None) -> int:
@@ -328,20 +325,15 @@ def test_real_iodine_through_live_capture_alerts_with_iodines_pid(tmp_path):
     for tool in ("iodine", "iodined"):
         assert shutil.which(tool), f"{tool} missing: ./setup.sh installs it"
     out = tmp_path / "alerts.jsonl"
-    det = subprocess.Popen(DETECTOR + ["live", "--duration", "90", "--format", "ecs", "-o", str(out),
-                                       "--rules", str(REPO / "rules")],
-                           stderr=subprocess.PIPE, text=True, cwd=REPO)
-    err: list[str] = []
+    det = Drained(DETECTOR + ["live", "--duration", "90", "--format", "ecs", "-o", str(out),
+                              "--rules", str(REPO / "rules")],
+                  stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
-        t = time.monotonic()
-        while time.monotonic() - t < 120:
-            line = det.stderr.readline()
-            if "capturing DNS" in line or not line:
-                break
-        assert "capturing DNS" in line, "detector live did not start"
+        head = det.read_until("capturing DNS", 120)
+        assert "capturing DNS" in head, "detector live did not start"
         # read its stderr from now on: a pipe nobody reads fills, and a detector
         # blocked writing to it could not act on SIGINT
-        threading.Thread(target=lambda: err.extend(det.stderr), daemon=True).start()
+        det.drain(head)
         with NetnsPair(prefix="li", subnet="10.96.0") as net:
             iodine_pid = iodine_session(net, "192.168.98.1")
             time.sleep(1)
@@ -359,9 +351,9 @@ def test_real_iodine_through_live_capture_alerts_with_iodines_pid(tmp_path):
                 det.kill()
                 det.wait()
                 raise AssertionError("detector live ignored two SIGINTs for 90 s; stderr ends: "
-                                     + "".join(err[-20:])) from None
+                                     + det.tail(20)) from None
             warnings.warn("detector live needed a second SIGINT to stop; stderr ends: "
-                          + "".join(err[-5:]))
+                          + det.tail(5))
     alerts = [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
     tun = [a for a in alerts if a["rule"]["id"] == "dns-tunnel"]
     assert tun, f"no tunnel alert from the live capture ({len(alerts)} alerts)"

@@ -23,6 +23,7 @@ from detector.capture import privileges as P
 from detector.capture.live import cgroup2_root
 from detector.paths import REPO
 from tests.conftest import DETECTOR
+from tests.procs import Drained
 from tests.test_live import free_port, resolver, run_client, start_live  # noqa: F401  (resolver: a fixture)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="live eBPF capture needs root")
@@ -139,18 +140,14 @@ def test_a_user_with_the_three_capabilities_runs_live_capture(resolver):  # noqa
     for other users' executables) as ambient capabilities."""
     setpriv = shutil.which("setpriv")
     caps = "+bpf,+perfmon,+net_admin,+sys_ptrace"
-    p = subprocess.Popen([setpriv, "--reuid", "65534", "--regid", "65534", "--clear-groups",
-                          f"--inh-caps={caps}", f"--ambient-caps={caps}", *DETECTOR, "live", "--duration", "5",
-                          "--ports", str(resolver), "--events", "--format", "jsonl"],
-                         cwd="/", env={**os.environ, "PYTHONPATH": str(REPO)},
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    t = time.monotonic()
-    line = ""
-    while time.monotonic() - t < 60:
-        line = p.stderr.readline()
-        if "capturing DNS" in line or not line:
-            break
-    assert "capturing DNS" in line, line + p.stderr.read()
+    p = Drained([setpriv, "--reuid", "65534", "--regid", "65534", "--clear-groups",
+                 f"--inh-caps={caps}", f"--ambient-caps={caps}", *DETECTOR, "live", "--duration", "5",
+                 "--ports", str(resolver), "--events", "--format", "jsonl"],
+                cwd="/", env={**os.environ, "PYTHONPATH": str(REPO)},
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    head = p.read_until("capturing DNS", 60)
+    assert "capturing DNS" in head, head + p.stderr.read()
+    p.drain(head)  # its pipes read from now on: a full one would block it
     pid = run_client("udp4", "127.0.0.1", str(resolver), "nonroot.example.com")
     out, err = p.communicate(timeout=60)
     assert p.returncode == 0, err
