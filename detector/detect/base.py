@@ -10,6 +10,8 @@ event in time order. Detectors keep their own windowed state, bounded in size.
 
         def process(self, ev):             # -> list[Finding] (may be empty)
             ...
+        def process_batch(self, evs):      # optional: the same over a run of events
+            ...
         def tick(self, now):               # capture time moved on; close windows
             ...
 
@@ -48,6 +50,18 @@ class Detector:
 
     def process(self, ev: DnsEvent) -> list[Finding]:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def process_batch(self, evs: list[DnsEvent]) -> list[Finding]:
+        """A run of events of this detector's kinds, in time order: what the pipeline
+        calls. The same as :meth:`process` on each in turn; a busy detector
+        overrides it with one loop (its state in locals, no call per event)."""
+        out: list[Finding] = []
+        proc = self.process
+        for ev in evs:
+            fs = proc(ev)
+            if fs:
+                out.extend(fs)
+        return out
 
     def tick(self, now: float) -> list[Finding]:
         return []

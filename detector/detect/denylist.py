@@ -39,20 +39,28 @@ class Denylist(Detector):
         return None
 
     def process(self, ev: DnsEvent) -> list[Finding]:
-        q = ev.questions[0].name if ev.questions else ""
-        hit = self._hits.get(q, 0)
-        if hit == 0:  # once per distinct name: the listed domain it is under, or None
-            hit = under(q.lower().rstrip("."), self.domains) if q else None
-            if len(self._hits) >= NAME_CACHE:
-                self._hits.clear()
-            self._hits[q] = hit
-        if hit is None or self.allowed(ev):
-            return []
-        name = q.lower().rstrip(".")
-        return [self.finding(
-            ev, score=1.0, entity=entity_of(ev), domain=ev.registered_domain or hit,
-            features={"listed": hit, "qtype": ev.qtype},
-            reason=f"query for {name}, which is under the denylisted {hit}")]
+        return self.process_batch((ev,))
+
+    def process_batch(self, evs) -> list[Finding]:
+        out: list[Finding] = []
+        hits = self._hits
+        domains = self.domains
+        for ev in evs:
+            q = ev.questions[0].name if ev.questions else ""
+            hit = hits.get(q, 0)
+            if hit == 0:  # once per distinct name: the listed domain it is under, or None
+                hit = under(q.lower().rstrip("."), domains) if q else None
+                if len(hits) >= NAME_CACHE:
+                    hits.clear()
+                hits[q] = hit
+            if hit is None or self.allowed(ev):
+                continue
+            name = q.lower().rstrip(".")
+            out.append(self.finding(
+                ev, score=1.0, entity=entity_of(ev), domain=ev.registered_domain or hit,
+                features={"listed": hit, "qtype": ev.qtype},
+                reason=f"query for {name}, which is under the denylisted {hit}"))
+        return out
 
 
 def _names(rule) -> list[str]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from detector.detect.base import Detector, register
+from detector.detect.base import NAME_CACHE, Detector, register
 from detector.dns.names import under
 from detector.events import ConnEvent, DnsEvent, Finding, conn_entity
 
@@ -64,6 +64,9 @@ class FlaggedConnect(Detector):
         self.flags: dict[str, Flag] = {}  # domain -> why
         self.addrs: dict[str, Resolved] = {}  # address -> the flagged name it answered for
         self._alerted: set[tuple[str, str]] = set()
+        # first question's name as sent -> the flagged domain it is under, or None;
+        # emptied whenever a flag comes (or goes)
+        self._hits: dict[str, str | None] = {}
         #: set by live capture: an address to report connects to, and one to forget
         self.on_watch: Callable[[str, float], None] | None = None
         self.on_unwatch: Callable[[str], None] | None = None
@@ -83,17 +86,32 @@ class FlaggedConnect(Detector):
             flag = self.flags[dom] = Flag(dom, f.rule_id, f.technique_id, f.category)
             if len(self.flags) > self.p["max_domains"]:
                 del self.flags[next(iter(self.flags))]
+            self._hits.clear()
         ev = f.event
         if ev is not None and ev.answers and ev.flags & 0x8000:
             self._learn(ev, flag)
 
     def process(self, ev: DnsEvent) -> list[Finding]:
-        if not ev.answers or not self.flags:
+        return self.process_batch((ev,))
+
+    def process_batch(self, evs) -> list[Finding]:
+        flags = self.flags
+        if not flags:
             return []
-        q = ev.qname.lower().rstrip(".")
-        dom = under(q, self.flags) if q else None
-        if dom is not None:
-            self._learn(ev, self.flags[dom])
+        hits = self._hits
+        for ev in evs:
+            if not ev.answers:
+                continue
+            q = ev.questions[0].name if ev.questions else ""
+            dom = hits.get(q, 0)
+            if dom == 0:  # once per distinct name while the flags stay the same
+                name = q.lower().rstrip(".")
+                dom = under(name, flags) if name else None
+                if len(hits) >= NAME_CACHE:
+                    hits.clear()
+                hits[q] = dom
+            if dom is not None:
+                self._learn(ev, flags[dom])
         return []
 
     def _learn(self, ev: DnsEvent, flag: Flag) -> None:

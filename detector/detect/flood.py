@@ -217,63 +217,79 @@ class Flood(Detector):
         return ok
 
     def process(self, ev: DnsEvent) -> list[Finding]:
-        dom = ev.registered_domain
-        if not dom or ev.dst_port in MULTICAST_DNS_PORTS or ev.src_port in MULTICAST_DNS_PORTS:
-            return []
-        skip = self._skip.get(dom)  # the cached verdict first: no call for a domain seen before
-        if skip or (skip is None and self._skipped(dom, ev.suffix)):
-            return []
-        sub = ev.subdomain
-        if "." in sub and known_suffix(sub.rpartition(".")[2]):
-            return []  # a search-list append ("www.google.com" + ".corp.example"), not a random label
-        if (self._procs or self._client_nets) and self._allowed_who(ev):
-            return []
-        kind = ev.kind
-        ts = ev.ts
-        st = self.state.get(dom)
-        if st is None:
-            if kind != "query" or not sub:
-                return []  # state starts with a query for a subdomain
-            st = self.state[dom] = _Dom(ts)
-            if len(self.state) > self.max_domains:
-                self.state.popitem(last=False)
-                self.evicted += 1
-        else:
-            self.state.move_to_end(dom)
-        cur = st.cur
-        if ts - cur.start >= self.half:
-            st.prev = cur if ts - cur.start < 2 * self.half else None
-            cur = st.cur = _Half(ts)
-        if kind == "query":
-            cur.queries += 1
-            sec = int(ts)
-            if sec != cur.sec:
-                if cur.sec_queries > cur.peak:
-                    cur.peak = cur.sec_queries
-                cur.sec, cur.sec_queries = sec, 0
-            cur.sec_queries += 1
-            if sub:
-                self._name(cur, sub)
-            self._client(cur, entity_of(ev))
-        else:
-            cur.outcomes += 1
-            bad = True
-            if kind == "unanswered":
-                cur.timeouts += 1
-            elif ev.rcode == NXDOMAIN:
-                cur.nx += 1
-            elif ev.rcode == SERVFAIL:
-                cur.servfail += 1
+        return self.process_batch((ev,))
+
+    def process_batch(self, evs) -> list[Finding]:
+        out: list[Finding] = []
+        skip_of = self._skip
+        skipped = self._skipped
+        who = bool(self._procs or self._client_nets)
+        state = self.state
+        half = self.half
+        realert = self.realert
+        name = self._name
+        client = self._client
+        for ev in evs:
+            dom = ev.registered_domain
+            if not dom or ev.dst_port in MULTICAST_DNS_PORTS or ev.src_port in MULTICAST_DNS_PORTS:
+                continue
+            skip = skip_of.get(dom)  # the cached verdict first: no call for a domain seen before
+            if skip or (skip is None and skipped(dom, ev.suffix)):
+                continue
+            sub = ev.subdomain
+            if "." in sub and known_suffix(sub.rpartition(".")[2]):
+                continue  # a search-list append ("www.google.com" + ".corp.example"), not a random label
+            if who and self._allowed_who(ev):
+                continue
+            kind = ev.kind
+            ts = ev.ts
+            st = state.get(dom)
+            if st is None:
+                if kind != "query" or not sub:
+                    continue  # state starts with a query for a subdomain
+                st = state[dom] = _Dom(ts)
+                if len(state) > self.max_domains:
+                    state.popitem(last=False)
+                    self.evicted += 1
             else:
-                bad = False
-            if bad:
-                cur.bad += 1
-                if cur.bad == FIRST_BAD:  # latency: response (or timeout) minus the query's send time
-                    cur.first_bad = ts - (ev.latency or 0.0)
-        cur.events += 1
-        if cur.events & 15 or ts - st.alerted < self.realert:
-            return []
-        return self._judge(ev, dom, st, ts)
+                state.move_to_end(dom)
+            cur = st.cur
+            if ts - cur.start >= half:
+                st.prev = cur if ts - cur.start < 2 * half else None
+                cur = st.cur = _Half(ts)
+            if kind == "query":
+                cur.queries += 1
+                sec = int(ts)
+                if sec != cur.sec:
+                    if cur.sec_queries > cur.peak:
+                        cur.peak = cur.sec_queries
+                    cur.sec, cur.sec_queries = sec, 0
+                cur.sec_queries += 1
+                if sub:
+                    name(cur, sub)
+                client(cur, ev.entity or entity_of(ev))
+            else:
+                cur.outcomes += 1
+                bad = True
+                if kind == "unanswered":
+                    cur.timeouts += 1
+                elif ev.rcode == NXDOMAIN:
+                    cur.nx += 1
+                elif ev.rcode == SERVFAIL:
+                    cur.servfail += 1
+                else:
+                    bad = False
+                if bad:
+                    cur.bad += 1
+                    if cur.bad == FIRST_BAD:  # latency: response (or timeout) minus the query's send time
+                        cur.first_bad = ts - (ev.latency or 0.0)
+            cur.events += 1
+            if cur.events & 15 or ts - st.alerted < realert:
+                continue
+            fs = self._judge(ev, dom, st, ts)
+            if fs:
+                out.extend(fs)
+        return out
 
     @staticmethod
     def _name(h: _Half, sub: str) -> None:

@@ -82,52 +82,63 @@ class Health(Detector):
         self._unicast: dict[str, bool] = {}  # server address -> is a unicast resolver
 
     def process(self, ev: DnsEvent) -> list[Finding]:
+        return self.process_batch((ev,))
+
+    def process_batch(self, evs) -> list[Finding]:
         out: list[Finding] = []
-        idx = int(ev.ts // self._window)
-        if self.cur is None:
-            self.cur = idx
-        elif idx > self.cur:
-            out = self.tick(ev.ts)
-        if ev.dst_port in MULTICAST_DNS_PORTS or ev.src_port in MULTICAST_DNS_PORTS:
-            return out  # mDNS / LLMNR: answered by peers, if at all
-        qr = ev.flags & FLAG_QR
-        srv = ev.src_ip if qr else ev.dst_ip
-        uni = self._unicast.get(srv)
-        if uni is None:
-            if len(self._unicast) > 65536:
-                self._unicast.clear()
-            uni = self._unicast[srv] = not not_a_resolver(srv)
-        if not uni:
-            return out
-        timeout = ev.kind == "unanswered"
-        servfail = ev.rcode == SERVFAIL
-        lat = ev.latency
+        window = self._window
+        unicast = self._unicast
+        per_process = self._per_process
+        max_keys = self._max_keys
         wins = self.wins
-        for k in ((("", srv), (ev.entity or entity_of(ev), srv)) if self._per_process else (("", srv),)):
-            w = wins.get(k)
-            if w is None:
-                w = wins[k] = _Win()
-                if len(wins) > self._max_keys:
-                    wins.popitem(last=False)
-            w.n += 1
-            w.ev = ev
-            if timeout:
-                w.fail += 1
-                w.timeouts += 1
+        end = None if self.cur is None else (self.cur + 1) * window  # the open window's end
+        for ev in evs:
+            ts = ev.ts
+            if end is None:
+                self.cur = int(ts // window)
+                end = (self.cur + 1) * window
+            elif ts >= end:
+                out.extend(self.tick(ts))
+                wins = self.wins
+                end = (self.cur + 1) * window
+            if ev.dst_port in MULTICAST_DNS_PORTS or ev.src_port in MULTICAST_DNS_PORTS:
+                continue  # mDNS / LLMNR: answered by peers, if at all
+            srv = ev.src_ip if ev.flags & FLAG_QR else ev.dst_ip
+            uni = unicast.get(srv)
+            if uni is None:
+                if len(unicast) > 65536:
+                    unicast.clear()
+                uni = unicast[srv] = not not_a_resolver(srv)
+            if not uni:
                 continue
-            if servfail:
-                w.fail += 1
-                w.servfail += 1
-            if lat is not None:
-                w.seen += 1
-                if len(w.lat) < SAMPLE:
-                    w.lat.append(lat)
-                else:
-                    if w.rand is None:  # seeded by the key: the same sample whatever else is interleaved
-                        w.rand = random.Random(zlib.crc32(f"{k[0]}|{k[1]}".encode())).random
-                    j = int(w.rand() * w.seen)  # reservoir sampling (Algorithm R)
-                    if j < SAMPLE:
-                        w.lat[j] = lat
+            timeout = ev.kind == "unanswered"
+            servfail = ev.rcode == SERVFAIL
+            lat = ev.latency
+            for k in ((("", srv), (ev.entity or entity_of(ev), srv)) if per_process else (("", srv),)):
+                w = wins.get(k)
+                if w is None:
+                    w = wins[k] = _Win()
+                    if len(wins) > max_keys:
+                        wins.popitem(last=False)
+                w.n += 1
+                w.ev = ev
+                if timeout:
+                    w.fail += 1
+                    w.timeouts += 1
+                    continue
+                if servfail:
+                    w.fail += 1
+                    w.servfail += 1
+                if lat is not None:
+                    w.seen += 1
+                    if len(w.lat) < SAMPLE:
+                        w.lat.append(lat)
+                    else:
+                        if w.rand is None:  # seeded by the key: the same sample whatever else is interleaved
+                            w.rand = random.Random(zlib.crc32(f"{k[0]}|{k[1]}".encode())).random
+                        j = int(w.rand() * w.seen)  # reservoir sampling (Algorithm R)
+                        if j < SAMPLE:
+                            w.lat[j] = lat
         return out
 
     def tick(self, now: float) -> list[Finding]:

@@ -40,16 +40,30 @@ class NonStandardPort(Detector):
         self._seen: set[tuple[str, int]] = set()
 
     def process(self, ev: DnsEvent) -> list[Finding]:
-        if ev.protocol:  # DoH/DoT read from the TLS library: its port is HTTPS's or DoT's
-            return []
-        # the server's port: the destination of a query, the source of a response
+        return self.process_batch((ev,))
+
+    def process_batch(self, evs) -> list[Finding]:
+        out: list[Finding] = []
+        expected = self.expected
+        for ev in evs:
+            if ev.protocol:  # DoH/DoT read from the TLS library: its port is HTTPS's or DoT's
+                continue
+            # the server's port (the destination of a query, the source of a response)
+            # and the client's: a message touching an expected port is not judged
+            if ev.src_port in expected or ev.dst_port in expected:
+                continue
+            f = self._judge(ev)
+            if f is not None:
+                out.append(f)
+        return out
+
+    def _judge(self, ev: DnsEvent) -> Finding | None:
+        """A message between two unexpected ports: a finding once per entity and port."""
         port = ev.src_port if ev.flags & 0x8000 else ev.dst_port
-        if port in self.expected or ev.src_port in self.expected or ev.dst_port in self.expected:
-            return []
         ent = entity_of(ev)
         key = (ent, port)
         if key in self._seen or self.allowed(ev):
-            return []
+            return None
         if len(self._seen) >= MAX_SEEN:
             self._seen.clear()
         self._seen.add(key)
@@ -63,4 +77,4 @@ class NonStandardPort(Detector):
             reason=f"{who} spoke DNS with {server[0]} on port {port}/{ev.transport}, "
                    "not a standard DNS port")
         f.key = f"port {port}"  # one alert per process and port, whatever the names asked
-        return [f]
+        return f

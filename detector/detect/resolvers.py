@@ -143,24 +143,32 @@ class Resolvers(Detector):
         return r
 
     def process(self, ev: DnsEvent) -> list[Finding]:
+        return self.process_batch((ev,))
+
+    def process_batch(self, evs) -> list[Finding]:
         if self.off:
             return []
-        if ev.protocol:  # DoH/DoT read from the TLS library: the bypass rule judges those
-            return []
-        if ev.dst_port in MULTICAST_DNS_PORTS or ev.src_port in MULTICAST_DNS_PORTS:
-            return []
-        srv = ev.dst_ip
-        if self.allowed_resolver(srv):
-            return []
-        if self.rule.allowlist.covers_process(ev) or self.rules.allowlist.covers_process(ev) \
-                or self.rule.allowlist.covers_resolver(ev.src_ip):
-            return []
-        ent = entity_of(ev)
-        return [self.finding(
-            ev, score=0.8, entity=ent, domain=srv,
-            features={"resolver": srv, "resolver_port": ev.dst_port, "qname": ev.qname,
-                      "allowed_resolvers": [str(n) for n in self.nets][:10]},
-            reason=f"{ent} sent DNS to {srv}:{ev.dst_port}, which is not an allowed resolver")]
+        out: list[Finding] = []
+        cache = self._cache
+        for ev in evs:
+            if ev.protocol:  # DoH/DoT read from the TLS library: the bypass rule judges those
+                continue
+            if ev.dst_port in MULTICAST_DNS_PORTS or ev.src_port in MULTICAST_DNS_PORTS:
+                continue
+            srv = ev.dst_ip
+            ok = cache.get(srv)
+            if ok or (ok is None and self.allowed_resolver(srv)):
+                continue
+            if self.rule.allowlist.covers_process(ev) or self.rules.allowlist.covers_process(ev) \
+                    or self.rule.allowlist.covers_resolver(ev.src_ip):
+                continue
+            ent = entity_of(ev)
+            out.append(self.finding(
+                ev, score=0.8, entity=ent, domain=srv,
+                features={"resolver": srv, "resolver_port": ev.dst_port, "qname": ev.qname,
+                          "allowed_resolvers": [str(n) for n in self.nets][:10]},
+                reason=f"{ent} sent DNS to {srv}:{ev.dst_port}, which is not an allowed resolver"))
+        return out
 
 
 _said_off: set[str] = set()
@@ -202,17 +210,28 @@ class ResolverBypass(Detector):
         return None
 
     def process(self, ev: DnsEvent) -> list[Finding]:
-        if ev.kind == "response" and not ev.answers:
-            return []
-        q = ev.questions[0].name if ev.questions else ""
-        hit = self._hits.get(q, 0)
-        if hit == 0:  # once per distinct name: the DoH host it is (or is under), or None
-            hit = under(q.lower().rstrip("."), self.hosts, min_dots=1)
-            if len(self._hits) >= NAME_CACHE:
-                self._hits.clear()
-            self._hits[q] = hit
-        if hit is None:
-            return []
+        return self.process_batch((ev,))
+
+    def process_batch(self, evs) -> list[Finding]:
+        out: list[Finding] = []
+        hits = self._hits
+        hosts = self.hosts
+        for ev in evs:
+            if not ev.questions or ev.kind == "response" and not ev.answers:
+                continue
+            q = ev.questions[0].name
+            hit = hits.get(q, 0)
+            if hit == 0:  # once per distinct name: the DoH host it is (or is under), or None
+                hit = under(q.lower().rstrip("."), hosts, min_dots=1)
+                if len(hits) >= NAME_CACHE:
+                    hits.clear()
+                hits[q] = hit
+            if hit is not None:
+                out.extend(self._doh_name(ev, q, hit))
+        return out
+
+    def _doh_name(self, ev: DnsEvent, q: str, hit: str) -> list[Finding]:
+        """A message about a known DoH host: its answers are learnt, its lookup may be a finding."""
         name = q.lower().rstrip(".")
         if ev.kind == "response":
             for a in ev.answers:

@@ -275,83 +275,93 @@ class _Base(Detector):
         return dom, sub
 
     def process(self, ev: DnsEvent) -> list[Finding]:
-        if not ev.questions:
-            return []
-        q = ev.questions[0].name
-        t = self._names.get(q, 0)
-        if t == 0:
-            t = self._target(q, ev.registered_domain, ev.subdomain, ev.suffix)
-            if len(self._names) >= NAME_CACHE:
-                self._names.clear()
-            self._names[q] = t
-        if t is None:
-            return []
-        dom, sub = t
-        key = (ev.entity or entity_of(ev), dom)
-        st = self.state.get(key)
-        ts = ev.ts
-        if st is None:
-            if not sub or ev.kind != "query":
-                return []  # a bare registered domain carries no data; responses join known keys
-            early = self._early(key, sub, q)
-            if early is None:
-                return []
-            st = self.state[key] = _State(ts)
-            if len(self.state) > self.max_keys:
-                old = self.state.popitem(last=False)[1]
-                if old is not st:  # (max_keys 0: this event still counts, then goes)
-                    self._forget(old.cur)
-                self.evicted += 1
-            for raw in early:  # the names seen before the window opened
-                cur = st.cur
-                cur.queries += 1
-                self._remember(cur, hash(raw.lower()))
-                self._shape(cur, raw)
-        else:
-            self.state.move_to_end(key)
-        cur = st.cur
-        if ts - cur.start >= self.half:
-            self._forget(cur)
-            st.prev = cur if ts - cur.start < 2 * self.half else None
-            cur = st.cur = _Half(ts)
-            st.next_judge = 0
-        if ev.kind != "query":
-            cur.responses += 1
-            cur.resp_bytes += ev.size
-            if ev.rcode == 3:
-                cur.nx += 1
-            return []
-        cur.queries += 1
-        payload = -1  # payload bytes of a name new in this half (-1: no new name)
-        if sub:
-            sh = hash(sub)  # str caches its hash; one process only (never stored or sent)
-            if sh in cur.uniq:
-                pass
+        return self.process_batch((ev,))
+
+    def process_batch(self, evs) -> list[Finding]:
+        out: list[Finding] = []
+        names = self._names
+        state = self.state
+        half = self.half
+        single = self.single
+        small_half = self.small_half
+        for ev in evs:
+            if not ev.questions:
+                continue
+            q = ev.questions[0].name
+            t = names.get(q, 0)
+            if t == 0:
+                t = self._target(q, ev.registered_domain, ev.subdomain, ev.suffix)
+                if len(names) >= NAME_CACHE:
+                    names.clear()
+                names[q] = t
+            if t is None:
+                continue
+            dom, sub = t
+            key = (ev.entity or entity_of(ev), dom)
+            st = state.get(key)
+            ts = ev.ts
+            if st is None:
+                if not sub or ev.kind != "query":
+                    continue  # a bare registered domain carries no data; responses join known keys
+                early = self._early(key, sub, q)
+                if early is None:
+                    continue
+                st = state[key] = _State(ts)
+                if len(state) > self.max_keys:
+                    old = state.popitem(last=False)[1]
+                    if old is not st:  # (max_keys 0: this event still counts, then goes)
+                        self._forget(old.cur)
+                    self.evicted += 1
+                for raw in early:  # the names seen before the window opened
+                    cur = st.cur
+                    cur.queries += 1
+                    self._remember(cur, hash(raw.lower()))
+                    self._shape(cur, raw)
             else:
-                self._remember(cur, sh)
-                # shape from the name as sent: the subdomain is folded to lower case,
-                # and case tells base64 from base32
-                raw = ev.questions[0].name[:len(sub)]
-                if raw != sub and raw.lower() != sub:
-                    raw = sub
-                payload = self._shape(cur, raw)
-        qt = ev.questions[0].qtype
-        cur.types[qt] = cur.types.get(qt, 0) + 1
-        if qt in DATA_TYPES:
-            cur.data_types += 1
-        elif qt in HALF_TYPES:
-            cur.half_types += 1
-        if self.small_half and (payload > 0 or st.small is not None):
-            found = self._small(ev, key, st, payload)
-            if found:
-                return found
-        if ts - st.last_alert >= self.half and cur.queries >= st.next_judge and self._gates(st):
-            found = self._judge(ev, key, st)
-            if found:
-                return found
-        if self.single and payload > 0 and len(raw) >= self.p["single_label_len"]:
-            return self._single(ev, key, st, raw)  # a new name: repeats were judged before
-        return []
+                state.move_to_end(key)
+            cur = st.cur
+            if ts - cur.start >= half:
+                self._forget(cur)
+                st.prev = cur if ts - cur.start < 2 * half else None
+                cur = st.cur = _Half(ts)
+                st.next_judge = 0
+            if ev.kind != "query":
+                cur.responses += 1
+                cur.resp_bytes += ev.size
+                if ev.rcode == 3:
+                    cur.nx += 1
+                continue
+            cur.queries += 1
+            payload = -1  # payload bytes of a name new in this half (-1: no new name)
+            if sub:
+                sh = hash(sub)  # str caches its hash; one process only (never stored or sent)
+                if sh not in cur.uniq:
+                    self._remember(cur, sh)
+                    # shape from the name as sent: the subdomain is folded to lower case,
+                    # and case tells base64 from base32
+                    raw = q[:len(sub)]
+                    if raw != sub and raw.lower() != sub:
+                        raw = sub
+                    payload = self._shape(cur, raw)
+            qt = ev.questions[0].qtype
+            cur.types[qt] = cur.types.get(qt, 0) + 1
+            if qt in DATA_TYPES:
+                cur.data_types += 1
+            elif qt in HALF_TYPES:
+                cur.half_types += 1
+            if small_half and (payload > 0 or st.small is not None):
+                found = self._small(ev, key, st, payload)
+                if found:
+                    out.extend(found)
+                    continue
+            if ts - st.last_alert >= half and cur.queries >= st.next_judge and self._gates(st):
+                found = self._judge(ev, key, st)
+                if found:
+                    out.extend(found)
+                    continue
+            if single and payload > 0 and len(raw) >= self.p["single_label_len"]:
+                out.extend(self._single(ev, key, st, raw))  # a new name: repeats were judged before
+        return out
 
     def _remember(self, h: _Half, sub_hash: int) -> None:
         """Count a subdomain not in ``h.uniq`` as unique: remembered while the limits

@@ -103,13 +103,12 @@ class Pipeline:
                 log.warning("rule %s: detector %r is not available", rule.id, rule.detector)
                 continue
             self.detectors.append(cls(rule, rules))
-        self._by_kind: dict[str, list[Detector]] = {
-            k: [d for d in self.detectors if k in d.kinds] for k in ("query", "response", "unanswered")
-        }
-        # per kind, the detectors' bound process methods: one lookup per kind, not one
-        # attribute lookup per detector per message
-        self._procs: dict[str, list[tuple[Detector, Callable]]] = {
-            k: [(d, d.process) for d in ds] for k, ds in self._by_kind.items()}
+        # per detector, once: its batch method and the event kinds it takes. The
+        # detectors that learn from other rules' findings run last, so a batch's
+        # findings are known to them before they see the batch.
+        order = sorted(self.detectors, key=lambda d: hasattr(d, "observe_finding"))
+        self._batch_procs: list[tuple[Detector, Callable, frozenset]] = [
+            (d, d.process_batch, frozenset(d.kinds)) for d in order if d.kinds]
         self._conn_detectors = [d for d in self.detectors if hasattr(d, "process_conn")]
         # detectors that learn from other rules' findings (flagged_connect: the names a
         # DGA, tunnel or denylist finding named), fed every finding before suppression
@@ -125,18 +124,40 @@ class Pipeline:
 
     def process_many(self, evs: Iterable[DnsEvent]) -> None:
         """Feed a batch of decoded DNS messages, in time order (what a Source yields).
-        An exception propagates with ``evs`` consumed up to the event that raised."""
+
+        Each message is paired, enriched and written to the event sinks one by one;
+        the detectors then take the run of messages as one batch (split where capture
+        time reaches a tick, so a tick sees exactly the messages before it). An
+        exception propagates with ``evs`` consumed up to the event that raised, the
+        messages before it detected."""
         c = self.correlator
         pair = c.pair
-        handle = self._handle
-        for ev in evs:
-            if ev.ts >= c.next_expire:
-                for u in c.expire(ev.ts):
-                    handle(u)
-            extra = pair(ev)
-            if extra is not None:
-                handle(extra)
-            handle(ev)
+        prep = self._prep
+        run: list[DnsEvent] = []
+        add = run.append
+        try:
+            for ev in evs:
+                if ev.ts >= c.next_expire:
+                    for u in c.expire(ev.ts):
+                        if prep(u):
+                            self._detect(run)
+                            run.clear()
+                            self._tick(u.ts)
+                        add(u)
+                extra = pair(ev)
+                if extra is not None:
+                    if prep(extra):
+                        self._detect(run)
+                        run.clear()
+                        self._tick(extra.ts)
+                    add(extra)
+                if prep(ev):
+                    self._detect(run)
+                    run.clear()
+                    self._tick(ev.ts)
+                add(ev)
+        finally:
+            self._detect(run)
 
     def process_conn(self, conn: object) -> None:
         """Feed a non-DNS connection record (DoT, DoH) to the event publisher and the
@@ -176,6 +197,15 @@ class Pipeline:
 
     # --- stages -----------------------------------------------------------------
     def _handle(self, e: DnsEvent) -> None:
+        """One message outside a batch (expiry without input, end of input)."""
+        if self._prep(e):
+            self._tick(e.ts)
+        self._detect([e])
+
+    def _prep(self, e: DnsEvent) -> bool:
+        """Count, enrich and write out one message. True when capture time has
+        reached the next tick: the caller runs the detectors on the messages before
+        this one, then ticks."""
         st = self.stats
         st.events += 1
         kind = e.kind
@@ -189,14 +219,6 @@ class Pipeline:
             st.unanswered += 1
         if not e.entity:  # an unanswered query's copy was enriched as the query
             self.enrich(e)
-        ts = e.ts
-        if ts > self.last_ts:
-            self.last_ts = ts
-        nt = self._next_tick
-        if nt is None:
-            self._next_tick = ts + TICK
-        elif ts >= nt:
-            self._tick(ts)
         if self._raw_sinks:
             for w in self._raw_sinks:
                 w(e)
@@ -208,13 +230,36 @@ class Pipeline:
         if self.observers:
             for o in self.observers:
                 o(e)
-        for d, proc in self._procs[kind]:
+        ts = e.ts
+        if ts > self.last_ts:
+            self.last_ts = ts
+        nt = self._next_tick
+        if nt is None:
+            self._next_tick = ts + TICK
+            return False
+        return ts >= nt
+
+    def _detect(self, run: list[DnsEvent]) -> None:
+        """Every detector over a run of messages, in order; each takes the messages
+        of the kinds it wants as one batch."""
+        if not run:
+            return
+        by_kinds: dict[frozenset, list[DnsEvent]] = {}
+        st = self.stats
+        for d, proc, kinds in self._batch_procs:
+            evs = by_kinds.get(kinds)
+            if evs is None:
+                evs = by_kinds[kinds] = run if len(kinds) == 3 else [e for e in run if e.kind in kinds]
+            if not evs:
+                continue
             try:
-                fs = proc(e)
+                fs = proc(evs)
             except Exception:  # one bad detector must not stop the others
+                # the rest of this batch is not seen by this detector: counted, and
+                # the first few logged with the detector's traceback
                 st.detector_errors += 1
                 if st.detector_errors <= 5:
-                    log.exception("detector %s failed on %s", d.rule.id, e.qname)
+                    log.exception("detector %s failed in a batch of %d messages", d.rule.id, len(evs))
                 continue
             if fs:
                 self._findings(d, fs)

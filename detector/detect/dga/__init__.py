@@ -67,6 +67,7 @@ __all__ = ["Dga", "DgaModel", "FEATURE_VERSION", "Prevalence", "excluded", "shap
 
 NXDOMAIN = 3
 NOERROR = 0
+MAX_RESOLVED = 64  # C2 candidates an entity remembers (the latest)
 _LOCAL_SUFFIXES = (".local", ".internal", ".lan", ".home", ".localdomain", ".home.arpa",
                    ".localhost", ".corp", ".intranet", ".private", ".test", ".invalid", ".example")
 _HEX = frozenset("0123456789abcdef")
@@ -109,7 +110,8 @@ class _Entity:
         # registered domain -> (ts, score, label length, shape, tld)
         self.nx_names: OrderedDict[str, tuple[float, float, int, str, str]] = OrderedDict()
         # non-prevalent names that resolved: C2 candidates, with the name's
-        # (score, label length, shape, tld), one tuple per name shared by every entity
+        # (score, label length, shape, tld), one tuple per name shared by every entity;
+        # None until a campaign needs it (a name that resolved with no campaign open)
         self.resolved: OrderedDict[str, tuple[float, int, str, str]] = OrderedDict()
         # [start, answers, nxdomain answers] for the previous and current half-window
         self.halves = [[ts, 0, 0], [ts, 0, 0]]
@@ -185,51 +187,92 @@ class Dga(Detector):
         return None
 
     def process(self, ev: DnsEvent) -> list[Finding]:
-        # The common case is a popular name asked again: it returns after a dict
+        return self.process_batch((ev,))
+
+    def process_batch(self, evs) -> list[Finding]:
+        # The common case is a popular name asked again: it goes on after a dict
         # lookup or two (its cached score for a query, its prevalence for an
         # answer), never reaching the batch. Only what the batch's judgement could
         # turn into state or a finding is queued, in event order.
-        ent = None
-        if ev.kind == "response":
-            ent = self._count_answer(ev)
-            rcode = ev.rcode
-            if rcode != NXDOMAIN and not (rcode == NOERROR and ev.ancount and ev.registered_domain):
-                return []
-        # per distinct name, once: why it is not scored, else the name the model scores
-        # (the registered domain: www.x.com and x.com are one name to it; under a
-        # dynamic-DNS parent, the label below it); the score cache and the
-        # prevalence table are keyed by it
-        q = ev.questions[0].name if ev.questions else ""
-        key = self._names.get(q)
-        if key is None:
-            key = self._name_verdict(q, ev)
-        if key.__class__ is not str or self.allowed(ev):
-            why = "allowlisted" if key.__class__ is str else key[0]
-            self.skipped[why] = self.skipped.get(why, 0) + 1
-            return []
-        if ent is None:  # a query: a finding alone only at the single-name threshold
-            s = self.scores.get(key)
-            if s is not None and s < self.single:
-                return []
-        elif ev.rcode == NXDOMAIN:
-            self.prevalence.observe_nx(key, ev.dst_ip, ev.ts)  # a response goes to its client
-        else:
-            prevalent = self.prevalence.observe(key, ev.dst_ip, ev.ts, self._min_clients, self._min_days)
-            if len(ent.nx_names) < 3:
-                return []  # a resolved name matters only as a C2 candidate of a walk
-            if prevalent:
-                # a name's entry only grows while it is in the table, and this one was
-                # just used (last in line for eviction): the batch would skip it too.
-                # It still counts toward the batch: when a batch is judged decides
-                # what the prevalence table says about the rest of it.
-                self._skip_prevalent()
-                self.queued += 1
-                return self._flush() if self.queued >= self._batch else []
-        self.pending.append((ev, key))
-        self.queued += 1
-        if self.queued >= self._batch:
-            return self._flush()
-        return []
+        out: list[Finding] = []
+        names = self._names
+        scores = self.scores
+        skipped = self.skipped
+        single = self.single
+        prevalence = self.prevalence
+        observe, observe_nx = prevalence.observe, prevalence.observe_nx
+        min_clients, min_days = self._min_clients, self._min_days
+        batch = self._batch
+        window = self.p["window"]
+        pending = self.pending
+        # the rule's own domain allowlist is in the name's verdict; its processes and
+        # clients (and an event not enriched) need the full check
+        own = self._own_allow
+        who = own is not None and bool(own.processes or own.clients)
+        count_answer = self._count_answer
+        for ev in evs:
+            ent = None
+            if ev.kind == "response":
+                ent = count_answer(ev)
+                rcode = ev.rcode
+                if rcode != NXDOMAIN and not (rcode == NOERROR and ev.ancount and ev.registered_domain):
+                    continue
+            # per distinct name, once: why it is not scored, else the name the model scores
+            # (the registered domain: www.x.com and x.com are one name to it; under a
+            # dynamic-DNS parent, the label below it); the score cache and the
+            # prevalence table are keyed by it
+            q = ev.questions[0].name if ev.questions else ""
+            key = names.get(q)
+            if key is None:
+                key = self._name_verdict(q, ev)
+            if key.__class__ is not str or ev.allowed or ((who or not ev.entity) and self.allowed(ev)):
+                why = "allowlisted" if key.__class__ is str else key[0]
+                skipped[why] = skipped.get(why, 0) + 1
+                continue
+            if ent is None:  # a query: a finding alone only at the single-name threshold
+                s = scores.get(key)
+                if s is not None and s < single:
+                    continue
+            elif ev.rcode == NXDOMAIN:
+                observe_nx(key, ev.dst_ip, ev.ts)  # a response goes to its client
+            else:
+                prevalent = observe(key, ev.dst_ip, ev.ts, min_clients, min_days)
+                if len(ent.nx_names) < 3:
+                    continue  # a resolved name matters only as a C2 candidate of a walk
+                if prevalent:
+                    # a name's entry only grows while it is in the table, and this one was
+                    # just used (last in line for eviction): the batch would skip it too.
+                    # It still counts toward the batch: when a batch is judged decides
+                    # what the prevalence table says about the rest of it.
+                    skipped["prevalent"] = skipped.get("prevalent", 0) + 1
+                    self.queued += 1
+                    if self.queued >= batch:
+                        out.extend(self._flush())
+                        pending = self.pending
+                    continue
+                a = ent.active
+                if a is None or ev.ts - a[2] > window:
+                    # no open campaign to be this name's C2: it is only remembered as a
+                    # candidate, its score and shape worked out if a campaign opens
+                    # (it still counts toward the batch, like every answer judged)
+                    resolved = ent.resolved
+                    if key in resolved:
+                        resolved.move_to_end(key)
+                    else:
+                        resolved[key] = None
+                        if len(resolved) > MAX_RESOLVED:
+                            resolved.popitem(last=False)
+                    self.queued += 1
+                    if self.queued >= batch:
+                        out.extend(self._flush())
+                        pending = self.pending
+                    continue
+            pending.append((ev, key))
+            self.queued += 1
+            if self.queued >= batch:
+                out.extend(self._flush())
+                pending = self.pending
+        return out
 
     def _count_answer(self, ev: DnsEvent) -> _Entity:
         """The answering entity's window, with this answer counted in its half-window."""
@@ -259,9 +302,6 @@ class Dga(Detector):
             self._names.clear()
         self._names[q] = r
         return r
-
-    def _skip_prevalent(self) -> None:
-        self.skipped["prevalent"] = self.skipped.get("prevalent", 0) + 1
 
     def tick(self, now: float) -> list[Finding]:
         return self._flush() if self.queued else []
@@ -324,6 +364,14 @@ class Dga(Detector):
                              reason=f"{reg} looks machine-generated (DGA score {score:.3f}, "
                                     f"above every popular name) and is not prevalent")]
 
+    def _score_of(self, key: str) -> float:
+        """A key's model score, from the cache or scored now (a C2 candidate that
+        resolved before its query's batch was judged)."""
+        s = self.scores.get(key)
+        if s is None:
+            s = self.scores[key] = self.model.score_names([key])[0]
+        return s
+
     def _name_info(self, reg: str, score: float) -> tuple[float, int, str, str]:
         """Per distinct name, once: its score, the label's length and shape, the TLD."""
         info = self._info.get(reg)
@@ -347,9 +395,10 @@ class Dga(Detector):
             if len(ent.nx_names) < 3:
                 return []
             resolved = ent.resolved
-            new = resolved.pop(reg, None) is None
+            new = reg not in resolved
+            resolved.pop(reg, None)
             resolved[reg] = info
-            if new and len(resolved) > 64:
+            if new and len(resolved) > MAX_RESOLVED:
                 resolved.popitem(last=False)
             a = ent.active
             if new and a is not None and ev.ts - a[2] <= self.p["window"] and self._c2_like(info, a):
@@ -416,7 +465,11 @@ class Dga(Detector):
         # the suspicious ones), so its C2 is judged like its siblings
         low = min((v[1] for v in names.values() if key == "volume" or v[3] == key), default=0.0)
         ent.active = (key, n, ev.ts, frozenset(tlds), low, lens[0], lens[-1])
-        resolved = [k for k, v in ent.resolved.items() if k == c2 or self._c2_like(v, ent.active)]
+        cands = ent.resolved
+        for k, v in list(cands.items()):
+            if v is None:  # remembered without a campaign: its score and shape now
+                cands[k] = self._name_info(k, self._score_of(k))
+        resolved = [k for k, v in cands.items() if k == c2 or self._c2_like(v, ent.active)]
         sample = sorted(alike, key=lambda k: -names[k][1])[:10]
         best = max(v[1] for v in members)
         feats = {

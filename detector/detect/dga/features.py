@@ -512,15 +512,16 @@ def _shared_parents() -> frozenset[str]:
     except OSError:
         pass
     try:
-        from detector.dns.names import _EXTRACT, split_domain
+        from detector.dns.names import psl_rules, split_domain
 
-        for r in _EXTRACT._get_tld_extractor().tlds(include_psl_private_domains=True):
+        public, private = psl_rules()
+        for r in public + private:
             r = r.lower().lstrip("*.!")
             if "." in r:
                 _, reg, _ = split_domain(r)
                 if reg == r:
                     out.add(r)
-    except Exception:  # noqa: BLE001 - a tldextract without private rules: the bundled zones only
+    except (ImportError, OSError):  # no bundled list: the dynamic-DNS zones only
         pass
     return frozenset(out)
 
