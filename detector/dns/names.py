@@ -1,20 +1,36 @@
 """DNS names: the public suffix and the registered domain, from tldextract's bundled list.
 
-tldextract is built with ``suffix_list_urls=()`` and no cache dir, so it never
-touches the network or the disk: the Public Suffix List snapshot shipped inside
-the package is the only source. Its ICANN rules are loaded once into sets and
-matched here label by label (the PSL algorithm: longest rule, wildcards,
-exceptions), which is several times faster than calling tldextract per name;
-tests check both agree. Results are cached per name (bounded).
+The Public Suffix List snapshot shipped inside the tldextract package is the
+only source: its file is read here directly (:func:`psl_rules`, the way
+tldextract parses it), so nothing touches the network, and the package itself,
+which loads an HTTP client, is never imported. The ICANN rules are loaded once
+into sets and matched here label by label (the PSL algorithm: longest rule,
+wildcards, exceptions), which is several times faster than calling tldextract
+per name; tests check both agree. Results are cached per name (bounded).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import re
 from functools import lru_cache
+from pathlib import Path
 
-import tldextract
+#: how tldextract reads a rule off a line of the list, and where its private part starts
+_RULE = re.compile(r"^(?P<suffix>[.*!]*\w[\S]*)", re.UNICODE | re.MULTILINE)
+_PRIVATE = "// ===BEGIN PRIVATE DOMAINS==="
 
-_EXTRACT = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None, fallback_to_snapshot=True)
+
+def psl_rules() -> tuple[list[str], list[str]]:
+    """(ICANN rules, private rules) of tldextract's bundled PSL snapshot, as written
+    there (``*.`` wildcards, ``!`` exceptions)."""
+    spec = importlib.util.find_spec("tldextract")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("tldextract is not installed: it carries the Public Suffix List")
+    text = (Path(next(iter(spec.submodule_search_locations))) / ".tld_set_snapshot").read_text(
+        encoding="utf-8")
+    public, _, private = text.partition(_PRIVATE)
+    return _RULE.findall(public), _RULE.findall(private)
 
 
 def _ascii_label(label: str) -> str:
@@ -28,7 +44,7 @@ def _ascii_label(label: str) -> str:
 
 def _load_psl() -> tuple[frozenset[str], frozenset[str], frozenset[str], frozenset[str]]:
     rules, wild, exc = set(), set(), set()
-    for rule in _EXTRACT._get_tld_extractor().tlds(include_psl_private_domains=False):
+    for rule in psl_rules()[0]:
         rule = rule.lower()
         forms = {rule, ".".join(_ascii_label(x) for x in rule.split("."))}
         for r in forms:
