@@ -1,5 +1,3 @@
-import sys
+from detector.cli import run
 
-from detector.cli import main
-
-sys.exit(main())
+run()

@@ -5,6 +5,7 @@ exit codes (see detector/errors.py)."""
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -123,11 +124,53 @@ def main(argv: list[str] | None = None) -> int:
         # `detector ... | head`: the reader went away; not an error of ours.
         sys.stderr.close()
         return errors.OK
+    except OSError as e:
+        if e.errno not in _FULL:
+            raise
+        # a command printing to a full disk (`detector rules list > /full/x`)
+        print(f"detector: error: writing output failed: {e.strerror}", file=sys.stderr)
+        return errors.SINK
+
+
+#: write errors that mean the output is lost (the disk or quota is full, the device failed)
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
 
 
 def _sigterm(signum, frame):  # noqa: ARG001
     raise KeyboardInterrupt
 
 
+def run() -> None:
+    """The ``detector`` command: :func:`main`, then exit without tearing the
+    interpreter down. A replay's state (windows, caches, the prevalence table) is
+    millions of objects, and freeing them one by one at exit took longer than
+    start-up. Exit handlers (an embedded broker, the BPF programs) still run and
+    stdout is flushed first; a failed flush is an output failure, said in one line.
+    With a thread other than daemons still running, the exit is the ordinary one."""
+    import atexit
+    import threading
+
+    code = main()
+    try:
+        if sys.stdout is not None:  # None: started with stdout closed
+            sys.stdout.flush()
+    except BrokenPipeError:
+        pass  # `detector ... | head`: the reader went away
+    except OSError as e:
+        print(f"detector: error: writing standard output failed: {e.strerror or e}", file=sys.stderr)
+        code = errors.SINK
+    main_thread = threading.main_thread()
+    if any(t is not main_thread and not t.daemon for t in threading.enumerate()):
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    try:
+        if sys.stderr is not None:
+            sys.stderr.flush()
+    except OSError:
+        pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

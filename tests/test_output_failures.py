@@ -234,3 +234,13 @@ def test_a_closed_stdout_is_refused_at_once():
                            preexec_fn=lambda: os.close(1))
         assert r.returncode == 5, r.stderr
         assert errors_of(r.stderr) == ["detector: error: stdout is closed: nowhere to write (give -o FILE)"]
+
+
+def test_a_listing_printed_to_a_full_device_is_one_line_and_exit_5():
+    """A command that prints (here `rules list`) onto a full disk: one line, exit 5,
+    no traceback, whether the write fails while printing or at the final flush."""
+    with open("/dev/full", "w") as full:
+        r = subprocess.run(DETECTOR + ["rules", "list"], stdout=full, stderr=subprocess.PIPE,
+                           text=True, timeout=120, cwd=REPO)
+    assert r.returncode == errors.SINK == 5, r.stderr
+    assert errors_of(r.stderr) == ["detector: error: writing output failed: No space left on device"]
