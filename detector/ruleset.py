@@ -373,6 +373,9 @@ def _rule(path: str, node: yaml.Node) -> Rule:
     params = _construct(m["params"][1], budget) if "params" in m else {}
     if not isinstance(params, dict):
         raise RuleError(path, m["params"][1].start_mark.line + 1, "params: expected a mapping")
+    if params:
+        for kn, vn in m["params"][1].value:
+            lines[f"params.{kn.value}"] = vn.start_mark.line + 1
     enabled = True
     if "enabled" in m:
         enabled = _construct(m["enabled"][1], budget)

@@ -30,6 +30,9 @@ thresholds:
     (("  min_distinct: 12", "  min_distinct: -1"), 7, "thresholds.min_distinct: must not be negative"),
     (("id: T1568.002", "id: 1568"), 5, "technique.id: '1568' is not a MITRE ATT&CK id"),
     (("  window: 600", "  window: [600"), 9, "not valid YAML"),
+    # what the detector's own check refuses is reported at the key it names
+    (("  window: 600", "  window: 600\n  min_alike: 2"), 9, "thresholds.min_alike: a share between 0 and 1"),
+    (("  window: 600", "  window: 600\nparams:\n  model: 3"), 10, "params.model: expected a path"),
 ])
 def test_a_bad_rule_names_file_line_and_fault(tmp_path, change, line, words):
     f = tmp_path / "r.yaml"
@@ -142,3 +145,11 @@ def test_an_escaped_dot_is_inside_a_label_not_a_parent():
     assert allow.covers_domain("a\\.b.google.com")  # a label "a.b" under google.com
     assert split_domain("x.evil\\.google.com") == ("x", "evil\\.google.com", "com")
     assert split_domain("a\\.b.example.co.uk") == ("a\\.b", "example.co.uk", "co.uk")
+
+
+def test_every_shipped_rule_shows_every_threshold_its_detector_takes():
+    # rules are data: what a rule file does not show is a default a reader cannot see
+    from detector.detect.registry import detector_class
+    for r in load_rules(None).rules:
+        missing = sorted(set(detector_class(r.detector).params) - set(r.thresholds))
+        assert not missing, f"{r.source}: thresholds not shown: {', '.join(missing)}"

@@ -89,7 +89,9 @@ def validate(rule: Rule) -> None:
     if check is not None:
         problem = check(rule)
         if problem:
-            raise RuleError(path, lines.get("", 0), problem)
+            # "thresholds.window: ..." is reported at that threshold's line
+            key = problem.partition(":")[0]
+            raise RuleError(path, lines.get(key, lines.get("", 0)), problem)
 
 
 def load_rules(paths: list[str | os.PathLike[str]] | None = None) -> RuleSet:
