@@ -112,6 +112,41 @@ def test_registered_domain_matches_tldextract(data):
     assert split_domain("printer.local") == ("", "printer.local", "local")
 
 
+def test_one_walk_gives_every_lists_verdict_as_each_list_would(data):
+    """Enrichment's DomainIndex (every list's verdict in one walk of a name) says what
+    each list itself says, for the name and for its registered domain: the shipped
+    allowlists and a denylist with names at every depth, over popular, random and
+    awkward names (case, trailing dot, escaped dots, reverse lookups)."""
+    from detector.dns.names import DomainIndex, under
+
+    rs = load_rules([REPO / "rules"])
+    lists = [rs.allowlist._set] + [r.allowlist._set for r in rs.rules if r.allowlist.domains]
+    popular = [ln.strip() for ln in open(data / "benign/tranco_top50k_2026-08-01.txt")][:20000]
+    deny = frozenset(n.split(",")[-1].lower() for n in popular[::97]) | {"com", "co.uk", "a.b.example.org"}
+    lists.append(deny)
+    ix = DomainIndex()
+    bits = [ix.bit(lst) for lst in lists]
+    assert len(set(bits)) == len(bits) and ix.bit(deny) == bits[-1]
+    names = [n.split(",")[-1] for n in popular]
+    names += [ln.strip() for ln in open(data / "benign/opendns-random-domains.txt")][:5000]
+    names += ["WWW.Example.ORG.", "x.a.b.example.org", "b.example.org", "evil\\.google.com",
+              "a\\.b.example.org", "1.2.0.192.in-addr.arpa", "printer.local", "x.bbc.co.uk",
+              "co.uk", "com", "a.cymru.com", "hash.cymru.com"]
+    hits = reg_hits = 0
+    for q in names:
+        n = q.lower().rstrip(".")
+        if not n:
+            continue
+        reg = split_domain(q)[1]
+        m, r = ix.masks(n, reg)
+        for b, lst in zip(bits, lists):
+            assert bool(m & b) == (under(n, lst) is not None), (q, b)
+            assert bool(r & b) == (under(reg, lst) is not None), (q, reg, b)
+            hits += bool(m & b)
+            reg_hits += bool(r & b)
+    assert hits > 100 and reg_hits > 100
+
+
 def test_detector_plugin_suppression_and_schema():
     """NXDOMAINs from the bundled capture: a first alert per (rule, entity,
     domain) at once, and a closing revision of the same alert id with the count

@@ -47,6 +47,36 @@ class Detector:
         self.rules = rules
         self.p: dict[str, Any] = {**self.params, **rule.thresholds}
         self._own_allow = None if rule.allowlist.empty else rule.allowlist
+        # set by bind: the pipeline's DomainIndex and the bits of this rule's allowlist
+        # and the shared one in it (0: no such list). Until bound, or for an event the
+        # pipeline has not enriched, each list is asked itself.
+        self._index = None
+        self._own_bit = self._shared_bit = 0
+
+    def bind(self, index) -> None:
+        """Take the pipeline's :class:`~detector.dns.names.DomainIndex` before the
+        first event: enrichment then finds, in one walk of each distinct name, what
+        every detector's domain lists say about it (``ev.listed``, ``ev.reg_listed``).
+        A detector with a list of its own (a denylist) extends this."""
+        self._index = index
+        own = self._own_allow
+        self._own_bit = index.bit(own._set) if own is not None and own.domains else 0
+        shared = self.rules.allowlist
+        self._shared_bit = index.bit(shared._set) if shared.domains else 0
+
+    def own_covers_name(self, ev: DnsEvent, name: str) -> bool:
+        """The rule's own allowlist covers ``name``, the event's first question
+        (lower-case, no trailing dot) or a parent of it."""
+        if self._index is not None and ev.entity:
+            return bool(ev.listed & self._own_bit)
+        return self.rule.allowlist.covers_domain(name)
+
+    def covers_registered(self, ev: DnsEvent, dom: str) -> bool:
+        """The rule's or the shared allowlist covers ``dom``, the event's registered
+        domain, or a parent of it."""
+        if self._index is not None and ev.entity and dom == ev.registered_domain:
+            return bool(ev.reg_listed & (self._own_bit | self._shared_bit))
+        return self.rule.allowlist.covers_domain(dom) or self.rules.allowlist.covers_domain(dom)
 
     def process(self, ev: DnsEvent) -> list[Finding]:  # pragma: no cover - interface
         raise NotImplementedError
@@ -107,7 +137,11 @@ class Detector:
             return True
         own = self._own_allow
         if own is not None:
-            if own.covers_domain(ev.questions[0].name if ev.questions else "") or (own.processes and own.covers_process(ev)) or (
+            if self._index is not None and ev.entity:
+                dom = ev.listed & self._own_bit
+            else:
+                dom = own.covers_domain(ev.questions[0].name if ev.questions else "")
+            if dom or (own.processes and own.covers_process(ev)) or (
                     own.clients and own.covers_client(ev.dst_ip if ev.flags & 0x8000 else ev.src_ip)):
                 return True
         return not ev.entity and self.rules.allowlist.covers(ev)

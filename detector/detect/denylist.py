@@ -25,6 +25,11 @@ class Denylist(Detector):
         super().__init__(rule, rules)
         self.domains = frozenset(_names(rule))
         self._hits: dict[str, str | None] = {}  # name as sent -> listed domain it is under
+        self._bit = 0  # the denylist's bit in the pipeline's DomainIndex (bind)
+
+    def bind(self, index) -> None:
+        super().bind(index)
+        self._bit = index.bit(self.domains)
 
     @staticmethod
     def check_rule(rule) -> str | None:
@@ -45,11 +50,15 @@ class Denylist(Detector):
         out: list[Finding] = []
         hits = self._hits
         domains = self.domains
+        bit = self._bit if self._index is not None else 0
         for ev in evs:
             q = ev.questions[0].name if ev.questions else ""
             hit = hits.get(q, 0)
             if hit == 0:  # once per distinct name: the listed domain it is under, or None
-                hit = under(q.lower().rstrip("."), domains) if q else None
+                # enrichment's walk says whether the name is under the list at all; which
+                # listed domain it is under is looked up only for a hit
+                hit = under(q.lower().rstrip("."), domains) if q and (
+                    not bit or not ev.entity or ev.listed & bit) else None
                 if len(hits) >= NAME_CACHE:
                     hits.clear()
                 hits[q] = hit

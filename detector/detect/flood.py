@@ -186,7 +186,7 @@ class Flood(Detector):
             return "thresholds.max_domains: must be at least 1"
         return None
 
-    def _skipped(self, dom: str, sfx: str) -> bool:
+    def _skipped(self, ev: DnsEvent, dom: str, sfx: str) -> bool:
         s = self._skip.get(dom)
         if s is None:
             if len(self._skip) > 100_000:
@@ -194,7 +194,7 @@ class Flood(Detector):
             s = self._skip[dom] = (
                 not known_suffix(sfx)  # internal names (.local, .corp): no public target
                 or dom.endswith(".arpa")  # reverse lookups: unique and often NXDOMAIN
-                or self.rule.allowlist.covers_domain(dom) or self.rules.allowlist.covers_domain(dom))
+                or self.covers_registered(ev, dom))
         return s
 
     def _allowed_who(self, ev: DnsEvent) -> bool:
@@ -234,7 +234,7 @@ class Flood(Detector):
             if not dom or ev.dst_port in MULTICAST_DNS_PORTS or ev.src_port in MULTICAST_DNS_PORTS:
                 continue
             skip = skip_of.get(dom)  # the cached verdict first: no call for a domain seen before
-            if skip or (skip is None and skipped(dom, ev.suffix)):
+            if skip or (skip is None and skipped(ev, dom, ev.suffix)):
                 continue
             sub = ev.subdomain
             if "." in sub and known_suffix(sub.rpartition(".")[2]):

@@ -258,7 +258,7 @@ class _Base(Detector):
         self.small_half = 0.0  # exfil's small gate (half of small_window; 0: off)
 
     # --- input ------------------------------------------------------------------
-    def _target(self, q: str, dom: str, sub: str, sfx: str) -> tuple[str, str] | None:
+    def _target(self, ev: DnsEvent, q: str, dom: str, sub: str, sfx: str) -> tuple[str, str] | None:
         """(domain, subdomain) a name is counted under, or None: not a host name or
         allowlisted. Once per distinct name (cached by the caller)."""
         if not dom or (sfx and (len(sfx) > 12 or not sfx.isalpha()) and not known_suffix(sfx)):
@@ -269,8 +269,7 @@ class _Base(Detector):
                     or not _HOSTCHARS.issuperset(name):
                 return None  # not a host name (URL-like junk from lists, escapes): not pooled
             dom, sub = UNREGISTERED, name
-        if self.rule.allowlist.covers_domain(dom) or self.rules.allowlist.covers_domain(dom) \
-                or dom.endswith(".arpa"):
+        if dom.endswith(".arpa") or self.covers_registered(ev, dom):
             return None
         return dom, sub
 
@@ -290,7 +289,7 @@ class _Base(Detector):
             q = ev.questions[0].name
             t = names.get(q, 0)
             if t == 0:
-                t = self._target(q, ev.registered_domain, ev.subdomain, ev.suffix)
+                t = self._target(ev, q, ev.registered_domain, ev.subdomain, ev.suffix)
                 if len(names) >= NAME_CACHE:
                     names.clear()
                 names[q] = t

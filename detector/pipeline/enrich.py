@@ -7,17 +7,20 @@
 * ``entity``: who asked, the process ``comm[pid]`` when live capture knows
   it, else the client address;
 * ``allowed``: the global allowlist covers the event (its name, process or
-  client). A rule's own allowlist is the rule's business (``Detector.allowed``).
+  client). A rule's own allowlist is the rule's business (``Detector.allowed``);
+* ``listed``, ``reg_listed``: which domain lists of the pipeline's
+  :class:`~detector.dns.names.DomainIndex` (the shared allowlist, each rule's
+  allowlist, denylists) cover the name, and its registered domain.
 
-Per-name work (the split and the allowlist verdict) is cached per distinct
-name in a bounded table, so a busy name costs one dict lookup per event.
+Per-name work (the split and the list verdicts, all lists in one walk) is cached
+per distinct name in a bounded table, so a busy name costs one dict lookup per event.
 """
 
 from __future__ import annotations
 
 from detector.detect.base import entity_of
 from detector.dns.constants import FLAG_QR
-from detector.dns.names import split_domain
+from detector.dns.names import DomainIndex, split_domain
 from detector.events import DnsEvent
 from detector.ruleset import Allowlist
 
@@ -25,13 +28,16 @@ MAX_NAMES = 1 << 16  # distinct names cached (the table is cleared when full)
 
 
 class Enricher:
-    def __init__(self, allowlist: Allowlist | None = None, max_names: int = MAX_NAMES) -> None:
+    def __init__(self, allowlist: Allowlist | None = None, max_names: int = MAX_NAMES,
+                 index: DomainIndex | None = None) -> None:
         self.allow = allowlist or Allowlist()
         self.max_names = max_names
-        # first question's name as sent -> (subdomain, registered domain, suffix, allowlisted)
-        self._names: dict[str, tuple[str, str, str, bool]] = {}
+        self.index = index if index is not None else DomainIndex()
+        self._allow_bit = self.index.bit(self.allow._set) if self.allow.domains else 0
+        # first question's name as sent -> (subdomain, registered domain, suffix,
+        # allowlisted, lists covering the name, lists covering the registered domain)
+        self._names: dict[str, tuple[str, str, str, bool, int, int]] = {}
         self._clients: dict[str, bool] = {}
-        self._check_domains = bool(self.allow.domains)
         self._check_processes = bool(self.allow.processes)
         self._check_clients = bool(self.allow.clients)
 
@@ -42,12 +48,13 @@ class Enricher:
             r = self._names.get(q)
             if r is None:
                 sub, reg, sfx = split_domain(q)
-                r = (sub, reg, sfx, self._check_domains and self.allow.covers_domain(q))
+                m, rm = self.index.masks(q.lower().rstrip("."), reg)
+                r = (sub, reg, sfx, bool(m & self._allow_bit), m, rm)
                 names = self._names
                 if len(names) >= self.max_names:
                     names.clear()
                 names[q] = r
-            ev.subdomain, ev.registered_domain, ev.suffix, allowed = r
+            ev.subdomain, ev.registered_domain, ev.suffix, allowed, ev.listed, ev.reg_listed = r
         ev.entity = entity_of(ev)
         if not allowed and self._check_processes:
             allowed = self.allow.covers_process(ev)

@@ -20,6 +20,7 @@ from detector.alerts.dedup import Suppressor
 from detector.alerts.render import render_alert, render_event
 from detector.detect.base import Detector
 from detector.detect.registry import detector_class
+from detector.dns.names import DomainIndex
 from detector.events import DnsEvent, Finding
 from detector.pipeline.correlate import Correlator
 from detector.pipeline.enrich import Enricher
@@ -88,7 +89,10 @@ class Pipeline:
         self.fmt = fmt
         self.event_model = event_model  # "message" or "transaction" (docs/output.md)
         self.correlator = Correlator(query_timeout)
-        self.enrich = Enricher(rules.allowlist)
+        # the domain lists every detector checks names against, walked once per distinct
+        # name by enrichment (each detector's bits are given before the first event)
+        self.index = DomainIndex()
+        self.enrich = Enricher(rules.allowlist, index=self.index)
         self.suppressor = Suppressor(suppress_window)
         self.stats = PipelineStats()
         self.on_alert = on_alert
@@ -102,7 +106,9 @@ class Pipeline:
             if cls is None:  # validated at load; a plug-in may have gone missing
                 log.warning("rule %s: detector %r is not available", rule.id, rule.detector)
                 continue
-            self.detectors.append(cls(rule, rules))
+            d = cls(rule, rules)
+            d.bind(self.index)
+            self.detectors.append(d)
         # per detector, once: its batch method and the event kinds it takes. The
         # detectors that learn from other rules' findings run last, so a batch's
         # findings are known to them before they see the batch.

@@ -292,7 +292,7 @@ class Dga(Detector):
         if name == q:
             name = q  # one string for both
         why = excluded(name)
-        if why is None and self.rule.allowlist.covers_domain(name):
+        if why is None and self.own_covers_name(ev, name):
             why = "allowlisted"
         if why is None:
             r = scored_domain(name, ev.registered_domain, ev.subdomain)
