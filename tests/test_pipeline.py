@@ -124,14 +124,20 @@ def test_one_walk_gives_every_lists_verdict_as_each_list_would(data):
     popular = [ln.strip() for ln in open(data / "benign/tranco_top50k_2026-08-01.txt")][:20000]
     deny = frozenset(n.split(",")[-1].lower() for n in popular[::97]) | {"com", "co.uk", "a.b.example.org"}
     lists.append(deny)
+    from detector.detect.resolvers import load_doh_lists
+    doh = load_doh_lists([])[0] | {"dns", "doh.example.org"}  # a bare entry covers itself only
     ix = DomainIndex()
-    bits = [ix.bit(lst) for lst in lists]
-    assert len(set(bits)) == len(bits) and ix.bit(deny) == bits[-1]
+    dots = [0] * len(lists) + [1, 0]
+    lists += [doh, doh]
+    bits = [ix.bit(lst, d) for lst, d in zip(lists, dots)]
+    assert len(set(bits)) == len(bits) and ix.bit(deny) == bits[-3] and ix.bit(doh, 1) == bits[-2]
     names = [n.split(",")[-1] for n in popular]
     names += [ln.strip() for ln in open(data / "benign/opendns-random-domains.txt")][:5000]
     names += ["WWW.Example.ORG.", "x.a.b.example.org", "b.example.org", "evil\\.google.com",
               "a\\.b.example.org", "1.2.0.192.in-addr.arpa", "printer.local", "x.bbc.co.uk",
-              "co.uk", "com", "a.cymru.com", "hash.cymru.com"]
+              "co.uk", "com", "a.cymru.com", "hash.cymru.com", "dns", "x.dns", "dns.google",
+              "a.dns.google", "mozilla.cloudflare-dns.com", "x.doh.example.org"]
+    names += sorted(doh)
     hits = reg_hits = 0
     for q in names:
         n = q.lower().rstrip(".")
@@ -139,9 +145,9 @@ def test_one_walk_gives_every_lists_verdict_as_each_list_would(data):
             continue
         reg = split_domain(q)[1]
         m, r = ix.masks(n, reg)
-        for b, lst in zip(bits, lists):
-            assert bool(m & b) == (under(n, lst) is not None), (q, b)
-            assert bool(r & b) == (under(reg, lst) is not None), (q, reg, b)
+        for b, lst, d in zip(bits, lists, dots):
+            assert bool(m & b) == (under(n, lst, d) is not None), (q, b)
+            assert bool(r & b) == (under(reg, lst, d) is not None), (q, reg, b)
             hits += bool(m & b)
             reg_hits += bool(r & b)
     assert hits > 100 and reg_hits > 100

@@ -201,6 +201,11 @@ class ResolverBypass(Detector):
         self.dot_ports = frozenset(int(p) for p in self.p["dot_ports"])
         self.learned: dict[str, str] = {}  # address -> the DoH hostname it answered for
         self._hits: dict[str, str | None] = {}  # name as sent -> DoH host it is under
+        self._bit = 0  # the DoH hosts' bit in the pipeline's DomainIndex (bind)
+
+    def bind(self, index) -> None:
+        super().bind(index)
+        self._bit = index.bit(self.hosts, min_dots=1)
 
     @staticmethod
     def check_rule(rule) -> str | None:
@@ -216,13 +221,17 @@ class ResolverBypass(Detector):
         out: list[Finding] = []
         hits = self._hits
         hosts = self.hosts
+        bit = self._bit if self._index is not None else 0
         for ev in evs:
             if not ev.questions or ev.kind == "response" and not ev.answers:
                 continue
             q = ev.questions[0].name
             hit = hits.get(q, 0)
             if hit == 0:  # once per distinct name: the DoH host it is (or is under), or None
-                hit = under(q.lower().rstrip("."), hosts, min_dots=1)
+                # enrichment's walk says whether the name is a DoH host or under one at
+                # all; which one is looked up only for a hit
+                hit = under(q.lower().rstrip("."), hosts, min_dots=1) if (
+                    not bit or not ev.entity or ev.listed & bit) else None
                 if len(hits) >= NAME_CACHE:
                     hits.clear()
                 hits[q] = hit

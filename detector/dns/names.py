@@ -201,27 +201,35 @@ class DomainIndex:
     >>> bool(name & allow), bool(reg & allow), bool(reg & deny)
     (True, False, True)
 
-    The verdicts are those of :func:`under` (an escaped dot is inside a label).
+    The verdicts are those of :func:`under` (an escaped dot is inside a label), with
+    the list's ``min_dots``.
     """
 
     def __init__(self) -> None:
         self._bits: dict[str, int] = {}  # listed name -> the bits of the lists holding it
-        self._lists: dict[int, tuple[int, frozenset[str]]] = {}  # id(list) -> (bit, list)
+        self._exact: dict[str, int] = {}  # the same for entries that cover the name alone
+        self._lists: dict[tuple[int, int], int] = {}  # (id(list), min_dots) -> bit
+        self._kept: list[frozenset[str]] = []  # the lists themselves: their ids stay their own
 
-    def bit(self, domains: frozenset[str]) -> int:
+    def bit(self, domains: frozenset[str], min_dots: int = 0) -> int:
         """The bit standing for ``domains`` (lower-case, no trailing dots), given
-        once per list object; 0 for an empty list. Every list is given before the
-        first :meth:`masks`: a verdict is not computed again when a list joins."""
+        once per list object; 0 for an empty list. With ``min_dots`` 1 an entry with
+        no dot (a bare TLD) covers that name only, never its children, as with
+        :func:`under`. Every list is given before the first :meth:`masks`: a
+        verdict is not computed again when a list joins."""
         if not domains:
             return 0
-        got = self._lists.get(id(domains))
+        if min_dots not in (0, 1):
+            raise ValueError(f"min_dots: 0 or 1, got {min_dots!r}")
+        got = self._lists.get((id(domains), min_dots))
         if got is not None:
-            return got[0]
-        bit = 1 << len(self._lists)
-        self._lists[id(domains)] = (bit, domains)  # the list is kept: its id stays its own
-        bits = self._bits
+            return got
+        bit = self._lists[(id(domains), min_dots)] = 1 << len(self._lists)
+        self._kept.append(domains)
+        bits, exact = self._bits, self._exact
         for d in domains:
-            bits[d] = bits.get(d, 0) | bit
+            t = exact if min_dots and "." not in d else bits
+            t[d] = t.get(d, 0) | bit
         return bit
 
     def masks(self, name: str, reg: str) -> tuple[int, int]:
@@ -229,10 +237,10 @@ class DomainIndex:
         ``reg``: the name's registered domain or a parent of it is listed).
         ``name`` is lower-case with no trailing dot; ``reg`` is a suffix of it."""
         bits = self._bits
-        if not bits or not name:
+        if not (bits or self._exact) or not name:
             return 0, 0
         get = bits.get
-        m = get(name, 0)
+        m = get(name, 0) | self._exact.get(name, 0)
         short = len(reg)
         r = m if len(name) <= short else 0
         if "\\" in name:  # an escaped dot is inside a label: walk the separating dots only
