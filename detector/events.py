@@ -172,8 +172,9 @@ class DnsEvent:
     allowed: bool = False
     # set by enrich: the domain lists (DomainIndex bits) covering the name, and those
     # covering its registered domain, for every detector's allowlist and denylist
-    listed: int = 0
-    reg_listed: int = 0
+    # (-1: not looked up; the event has not been through a pipeline's enrichment)
+    listed: int = -1
+    reg_listed: int = -1
     # set by live capture: upstream query caused by this application query (stub link)
     cause: dict[str, Any] | None = field(default=None, metadata=W("cause", optional=True))
     # set by the decoder (or the packet layers) when part of the message could not be

@@ -153,6 +153,27 @@ def test_one_walk_gives_every_lists_verdict_as_each_list_would(data):
     assert hits > 100 and reg_hits > 100
 
 
+def test_an_event_with_its_entity_already_set_is_still_judged_by_every_list():
+    """The list verdicts come from the pipeline's own enrichment: an event that arrives
+    with its entity set (not enriched here) is looked up too, so a denylist still
+    fires and a rule's allowlist still holds."""
+    from detector.events import DnsEvent, Question
+
+    deny = Rule("D-1", "denylisted", "denylist", "high", "T1071.004", "x",
+                params={"domains": ["evil.com"]})
+    quiet = Rule("D-2", "denylisted, allowlisted", "denylist", "high", "T1071.004", "x",
+                 allowlist=Allowlist(("x.evil.com",)), params={"domains": ["evil.com"]})
+    out = Collect()
+    pipe = Pipeline(RuleSet([deny, quiet], Allowlist(), []), [out])
+    for i, name in enumerate(("x.evil.com", "y.Evil.com.", "fine.example.org")):
+        pipe.process(DnsEvent(ts=1.0 + i, transport="udp", ip_version=4, src_ip="10.0.0.2",
+                              src_port=40000 + i, dst_ip="10.0.0.53", dst_port=53, id=i, flags=0x0100,
+                              rcode=0, questions=[Question(name, 1)], entity="curl[7]"))
+    pipe.close()
+    fired = sorted((d["rule"]["id"], d["dns"]["question"]["name"].lower().rstrip(".")) for d in out.docs)
+    assert fired == [("D-1", "x.evil.com"), ("D-1", "y.evil.com"), ("D-2", "y.evil.com")], fired
+
+
 def test_detector_plugin_suppression_and_schema():
     """NXDOMAINs from the bundled capture: a first alert per (rule, entity,
     domain) at once, and a closing revision of the same alert id with the count

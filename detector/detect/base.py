@@ -49,7 +49,7 @@ class Detector:
         self._own_allow = None if rule.allowlist.empty else rule.allowlist
         # set by bind: the pipeline's DomainIndex and the bits of this rule's allowlist
         # and the shared one in it (0: no such list). Until bound, or for an event the
-        # pipeline has not enriched, each list is asked itself.
+        # pipeline has not enriched (``ev.listed`` -1), each list is asked itself.
         self._index = None
         self._own_bit = self._shared_bit = 0
 
@@ -67,14 +67,14 @@ class Detector:
     def own_covers_name(self, ev: DnsEvent, name: str) -> bool:
         """The rule's own allowlist covers ``name``, the event's first question
         (lower-case, no trailing dot) or a parent of it."""
-        if self._index is not None and ev.entity:
+        if self._index is not None and ev.listed >= 0:
             return bool(ev.listed & self._own_bit)
         return self.rule.allowlist.covers_domain(name)
 
     def covers_registered(self, ev: DnsEvent, dom: str) -> bool:
         """The rule's or the shared allowlist covers ``dom``, the event's registered
         domain, or a parent of it."""
-        if self._index is not None and ev.entity and dom == ev.registered_domain:
+        if self._index is not None and ev.listed >= 0 and dom == ev.registered_domain:
             return bool(ev.reg_listed & (self._own_bit | self._shared_bit))
         return self.rule.allowlist.covers_domain(dom) or self.rules.allowlist.covers_domain(dom)
 
@@ -137,7 +137,7 @@ class Detector:
             return True
         own = self._own_allow
         if own is not None:
-            if self._index is not None and ev.entity:
+            if self._index is not None and ev.listed >= 0:
                 dom = ev.listed & self._own_bit
             else:
                 dom = own.covers_domain(ev.questions[0].name if ev.questions else "")

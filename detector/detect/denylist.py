@@ -58,7 +58,7 @@ class Denylist(Detector):
                 # enrichment's walk says whether the name is under the list at all; which
                 # listed domain it is under is looked up only for a hit
                 hit = under(q.lower().rstrip("."), domains) if q and (
-                    not bit or not ev.entity or ev.listed & bit) else None
+                    not bit or ev.listed < 0 or ev.listed & bit) else None
                 if len(hits) >= NAME_CACHE:
                     hits.clear()
                 hits[q] = hit

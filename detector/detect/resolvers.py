@@ -231,7 +231,7 @@ class ResolverBypass(Detector):
                 # enrichment's walk says whether the name is a DoH host or under one at
                 # all; which one is looked up only for a hit
                 hit = under(q.lower().rstrip("."), hosts, min_dots=1) if (
-                    not bit or not ev.entity or ev.listed & bit) else None
+                    not bit or ev.listed < 0 or ev.listed & bit) else None
                 if len(hits) >= NAME_CACHE:
                     hits.clear()
                 hits[q] = hit

@@ -55,6 +55,8 @@ class Enricher:
                     names.clear()
                 names[q] = r
             ev.subdomain, ev.registered_domain, ev.suffix, allowed, ev.listed, ev.reg_listed = r
+        else:
+            ev.listed = ev.reg_listed = 0
         ev.entity = entity_of(ev)
         if not allowed and self._check_processes:
             allowed = self.allow.covers_process(ev)

@@ -223,7 +223,7 @@ class Pipeline:
                 self.latency.observe(e.src_ip, e.latency)
         else:
             st.unanswered += 1
-        if not e.entity:  # an unanswered query's copy was enriched as the query
+        if e.listed < 0:  # an unanswered query's copy was enriched as the query
             self.enrich(e)
         if self._raw_sinks:
             for w in self._raw_sinks:
