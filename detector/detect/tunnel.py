@@ -551,8 +551,9 @@ class Exfil(_Base):
 
     name = "exfil"
     # the single-label finding is the tunnel rule's (exfiltration judges payload by its small gate)
-    params = {**{k: v for k, v in _Base.params.items() if not k.startswith("single_")}, "window": 600.0, "min_unique": 100, "min_name_bytes": 20000,
-              "min_payload_bytes": 0, "min_indicators": 1, "max_nx_share": 0.0,
+    params = {**{k: v for k, v in _Base.params.items() if not k.startswith("single_")},
+              "window": 600.0, "min_unique": 100, "min_name_bytes": 20000, "min_payload_bytes": 0,
+              "min_indicators": 1, "max_nx_share": 0.0,
               "small_window": 60.0,             # seconds (two sliding halves)
               "small_min_payload_bytes": 100}   # encoded bytes in new names (0: gate off)
 
