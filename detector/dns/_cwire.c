@@ -19,6 +19,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <arpa/inet.h>
 #include <stdint.h>
 #include <string.h>
@@ -48,18 +49,89 @@ static const char *OPTION_FIELDS[] = {"code", "name", "data", NULL};
 enum { N_EVENT = 19, N_QUESTION = 4, N_ANSWER = 7, N_EDNS = 8, N_OPTION = 3 };
 static PyObject *kw_event, *kw_question, *kw_answer, *kw_edns, *kw_option;
 
+/* A record filled slot by slot: what the dataclass's generated __init__ does, without
+ * running it. setup() makes one for a class whose __init__ only stores its fields (no
+ * __post_init__, every field a slot of its own, given here or with a default), whose
+ * leading fields are the names built here in their declared order. Each event's
+ * DnsEvent, Questions and Answers then cost an allocation and stores, not the bytecode
+ * of three __init__ calls (~2 us an event with its records). */
+#define MAX_SLOTS 64
+typedef struct {
+    PyTypeObject *tp;                /* NULL: no plan, build() calls the class */
+    int given, nslots;               /* the first `given` slots are the values passed */
+    Py_ssize_t off[MAX_SLOTS];       /* each field's slot offset, in declared order */
+    PyObject *dflt[MAX_SLOTS];       /* the default of a field not given, or NULL: */
+    PyObject *factory[MAX_SLOTS];    /* its default_factory */
+} plan_t;
+static plan_t plan_event, plan_question, plan_answer;
+
+static void plan_clear(plan_t *p) {
+    for (int i = 0; i < p->nslots; i++) { Py_CLEAR(p->dflt[i]); Py_CLEAR(p->factory[i]); }
+    Py_CLEAR(p->tp);
+    p->given = p->nslots = 0;
+}
+
 /* cls(**dict(zip(kwnames, v))); steals the n references in v (NULL entries: a failed
- * conversion, so nothing is called). When setup() found the names to be the class's
- * first fields in their declared order, the same values go positionally (kwnames
- * NULL): the dataclass __init__ then skips matching keywords, ~0.4 us an event. */
-static PyObject *build(PyObject *cls, PyObject *kwnames, PyObject **v, int n) {
+ * conversion, so nothing is called). With a plan (see plan_t) the record is filled
+ * slot by slot; else, when setup() found the names to be the class's first fields in
+ * their declared order, the values go positionally (kwnames None), else by keyword. */
+static PyObject *build_with(const plan_t *p, PyObject *cls, PyObject *kwnames, PyObject **v, int n) {
     PyObject *r = NULL;
     int ok = 1;
     for (int i = 0; i < n; i++) ok &= v[i] != NULL;
-    if (ok) r = kwnames == Py_None ? PyObject_Vectorcall(cls, v, n, NULL)
-                                   : PyObject_Vectorcall(cls, v, 0, kwnames);
+    if (ok && p && p->tp && p->given == n) {
+        r = p->tp->tp_alloc(p->tp, 0);
+        if (r) {
+            for (int i = 0; i < n; i++) *(PyObject **)((char *)r + p->off[i]) = v[i]; /* stolen */
+            for (int i = n; i < p->nslots; i++) {
+                PyObject *d = p->dflt[i] ? Py_NewRef(p->dflt[i]) : PyObject_CallNoArgs(p->factory[i]);
+                if (!d) { Py_CLEAR(r); break; } /* the slots not set yet are NULL: dealloc skips them */
+                *(PyObject **)((char *)r + p->off[i]) = d;
+            }
+            return r;
+        }
+    } else if (ok) {
+        r = kwnames == Py_None ? PyObject_Vectorcall(cls, v, n, NULL)
+                               : PyObject_Vectorcall(cls, v, 0, kwnames);
+    }
     for (int i = 0; i < n; i++) Py_XDECREF(v[i]);
     return r;
+}
+#define build(cls, kwnames, v, n) build_with(NULL, cls, kwnames, v, n)
+
+/* The plan for cls (see plan_t), from spec = ((name, default, default_factory), ...)
+ * for every field in declared order, missing = dataclasses.MISSING. 0 and the plan left
+ * empty when cls does not qualify (build() then calls it); -1 on an error. */
+static int plan_make(plan_t *p, PyObject *cls, PyObject *kwnames, int given, PyObject *spec,
+                     PyObject *missing) {
+    plan_clear(p);
+    if (spec == Py_None || kwnames != Py_None || !PyType_Check(cls)) return 0;
+    if (!PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) > MAX_SLOTS || PyTuple_GET_SIZE(spec) < given) {
+        PyErr_SetString(PyExc_TypeError, "_cwire.setup: a plan is a tuple of (name, default, factory)");
+        return -1;
+    }
+    int n = (int)PyTuple_GET_SIZE(spec);
+    for (int i = 0; i < n; i++) {
+        PyObject *f = PyTuple_GET_ITEM(spec, i), *name, *dflt, *fac;
+        if (!PyArg_ParseTuple(f, "UOO", &name, &dflt, &fac)) { plan_clear(p); return -1; }
+        PyObject *d = PyObject_GetAttr(cls, name);
+        if (!d) { plan_clear(p); return -1; }
+        int slot = Py_IS_TYPE(d, &PyMemberDescr_Type) &&
+                   ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX &&
+                   !(((PyMemberDescrObject *)d)->d_member->flags & READONLY);
+        Py_ssize_t off = slot ? ((PyMemberDescrObject *)d)->d_member->offset : 0;
+        Py_DECREF(d);
+        if (!slot || (i >= given && dflt == missing && fac == missing)) { plan_clear(p); return 0; }
+        p->off[i] = off;
+        if (i >= given) {
+            if (dflt != missing) p->dflt[i] = Py_NewRef(dflt);
+            else p->factory[i] = Py_NewRef(fac);
+        }
+        p->nslots = i + 1;
+    }
+    p->given = given;
+    p->tp = (PyTypeObject *)Py_NewRef(cls);
+    return 0;
 }
 
 /* damage kinds (interned once) */
@@ -412,7 +484,7 @@ static PyObject *decode_msg(const unsigned char *b, Py_ssize_t n, PyObject *msg,
         if (PyList_GET_SIZE(questions) < max_answers) {
             PyObject *qv[N_QUESTION] = {name, PyLong_FromLong(u16(b + off)), PyLong_FromLong(qc),
                                         Py_NewRef(qu)};
-            PyObject *q = build(Question, kw_question, qv, N_QUESTION);
+            PyObject *q = build_with(&plan_question, Question, kw_question, qv, N_QUESTION);
             if (!q) goto fail;
             int r = PyList_Append(questions, q);
             Py_DECREF(q);
@@ -469,7 +541,7 @@ static PyObject *decode_msg(const unsigned char *b, Py_ssize_t n, PyObject *msg,
                 PyObject *av[N_ANSWER] = {name, PyLong_FromLong(rtype), PyLong_FromUnsignedLong(ttl),
                                           data, PyLong_FromSsize_t(rdlen), PyLong_FromLong(cls),
                                           Py_NewRef(cf)};
-                PyObject *a = build(Answer, kw_answer, av, N_ANSWER);
+                PyObject *a = build_with(&plan_answer, Answer, kw_answer, av, N_ANSWER);
                 if (!a) goto fail;
                 if (!sec[s] && !(sec[s] = PyList_New(0))) { Py_DECREF(a); goto fail; }
                 int r = PyList_Append(sec[s], a);
@@ -491,7 +563,7 @@ static PyObject *decode_msg(const unsigned char *b, Py_ssize_t n, PyObject *msg,
             edns ? edns : Py_NewRef(Py_None)};
         questions = edns = NULL; /* build() took them */
         sec[0] = sec[1] = sec[2] = NULL;
-        ev = build(DnsEvent, kw_event, v, N_EVENT);
+        ev = build_with(&plan_event, DnsEvent, kw_event, v, N_EVENT);
         if (!ev) goto fail;
     }
     if (mal && PyObject_SetAttr(ev, s_malformed, E_STR[mal]) < 0) goto fail;
@@ -578,11 +650,17 @@ static PyObject *field_names(PyObject *cls, const char **names) {
     return t;
 }
 
-/* setup(DnsEvent, Question, Answer, Edns, DnsParseError[, EdnsOption, present, edns_option]):
- * the classes to build and the rdata.py callbacks (kept from the last call when left out) */
+/* setup(DnsEvent, Question, Answer, Edns, DnsParseError[, EdnsOption, present, edns_option
+ *       [, plans]]): the classes to build and the rdata.py callbacks (kept from the last
+ * call when left out); plans = (MISSING, event spec, question spec, answer spec), each
+ * spec None or what plan_make takes: the classes then built slot by slot */
 static PyObject *setup(PyObject *self, PyObject *args) {
-    PyObject *a, *b, *c, *d, *e, *f = NULL, *pr = NULL, *eo = NULL;
-    if (!PyArg_ParseTuple(args, "OOOOO|OOO", &a, &b, &c, &d, &e, &f, &pr, &eo)) return NULL;
+    PyObject *a, *b, *c, *d, *e, *f = NULL, *pr = NULL, *eo = NULL, *plans = Py_None;
+    if (!PyArg_ParseTuple(args, "OOOOO|OOOO", &a, &b, &c, &d, &e, &f, &pr, &eo, &plans)) return NULL;
+    if (plans != Py_None && (!PyTuple_Check(plans) || PyTuple_GET_SIZE(plans) != 4)) {
+        PyErr_SetString(PyExc_TypeError, "_cwire.setup: plans = (MISSING, event, question, answer)");
+        return NULL;
+    }
     if (!f) f = EdnsOption;
     if (!pr) pr = present_cb;
     if (!eo) eo = edns_option_cb;
@@ -596,6 +674,19 @@ static PyObject *setup(PyObject *self, PyObject *args) {
         !(ko = field_names(f, OPTION_FIELDS))) {
         Py_XDECREF(ke); Py_XDECREF(kq); Py_XDECREF(ka); Py_XDECREF(kd); Py_XDECREF(ko);
         return NULL;
+    }
+    if (plans == Py_None) {
+        plan_clear(&plan_event);
+        plan_clear(&plan_question);
+        plan_clear(&plan_answer);
+    } else {
+        PyObject *missing = PyTuple_GET_ITEM(plans, 0);
+        if (plan_make(&plan_event, a, ke, N_EVENT, PyTuple_GET_ITEM(plans, 1), missing) < 0 ||
+            plan_make(&plan_question, b, kq, N_QUESTION, PyTuple_GET_ITEM(plans, 2), missing) < 0 ||
+            plan_make(&plan_answer, c, ka, N_ANSWER, PyTuple_GET_ITEM(plans, 3), missing) < 0) {
+            Py_XDECREF(ke); Py_XDECREF(kq); Py_XDECREF(ka); Py_XDECREF(kd); Py_XDECREF(ko);
+            return NULL;
+        }
     }
     Py_XSETREF(kw_event, ke);
     Py_XSETREF(kw_question, kq);
@@ -627,12 +718,23 @@ typedef struct {
 #define CWIRE_API_VERSION 1
 static CwireApi c_api = {CWIRE_API_VERSION, decode_msg, E_NAMES, E_COUNT};
 
+/* planned() -> the classes built slot by slot (see plan_t), for tests */
+static PyObject *planned(PyObject *self, PyObject *unused) {
+    PyObject *out = PyList_New(0);
+    const plan_t *ps[3] = {&plan_event, &plan_question, &plan_answer};
+    for (int i = 0; out && i < 3; i++)
+        if (ps[i]->tp && PyList_Append(out, (PyObject *)ps[i]->tp) < 0) Py_CLEAR(out);
+    return out;
+}
+
 static PyMethodDef methods[] = {
+    {"planned", planned, METH_NOARGS, "planned() -> the classes built slot by slot, not by __init__"},
     {"decode", (PyCFunction)(void (*)(void))decode, METH_FASTCALL,
      "decode(buf, ts, transport, ip_version, src_ip, src_port, dst_ip, dst_port, max_answers=64)"
      " -> DnsEvent; the C twin of detector.dns.wire.decode"},
     {"setup", setup, METH_VARARGS,
-     "setup(DnsEvent, Question, Answer, Edns, DnsParseError[, EdnsOption, present, edns_option])"},
+     "setup(DnsEvent, Question, Answer, Edns, DnsParseError[, EdnsOption, present, edns_option"
+     "[, plans]])"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef mod = {PyModuleDef_HEAD_INIT, "_cwire", NULL, -1, methods};

@@ -38,6 +38,7 @@ type in place) ends decoding there; what came before it is kept.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import struct
@@ -434,6 +435,22 @@ def decode(
 
 from detector.dns import rdata  # noqa: E402  (rdata uses name_at and quoted from here)
 
+
+def slot_plan(cls: type) -> tuple | None:
+    """What the C decoder needs to fill a ``cls`` slot by slot instead of calling it:
+    ((name, default, default_factory), ...) for every field in declared order, or None
+    when its __init__ does more than store the fields (a __post_init__, a field left
+    out of __init__, an __init__ of its own). The C side also checks each is a slot."""
+    code = getattr(getattr(cls, "__init__", None), "__code__", None)
+    if (not dataclasses.is_dataclass(cls) or hasattr(cls, "__post_init__")
+            or getattr(code, "co_qualname", "") != "__create_fn__.<locals>.__init__"):
+        return None  # (the generated __init__ is compiled from a def in __create_fn__)
+    fields = dataclasses.fields(cls)
+    if not all(f.init for f in fields):
+        return None
+    return tuple((f.name, f.default, f.default_factory) for f in fields)
+
+
 # The C twin of decode() (detector/dns/_cwire.c), when it was built: same output,
 # about 4x faster. DETECTOR_PURE_PYTHON=1 forces this module's decoder.
 py_decode = decode
@@ -443,8 +460,17 @@ if not os.environ.get("DETECTOR_PURE_PYTHON"):
     except ImportError:  # no compiler at install time: pure Python it is
         _cwire = None
     else:
-        _cwire.setup(DnsEvent, Question, Answer, Edns, DnsParseError, EdnsOption, rdata.present,
-                     rdata.edns_option)
         decode = _cwire.decode  # noqa: F811
 else:
     _cwire = None
+
+
+def setup_c(event: type = DnsEvent) -> None:
+    """Tell the C decoder which classes to build (``event`` for the message; tests
+    give another): each filled slot by slot when :func:`slot_plan` allows it."""
+    _cwire.setup(event, Question, Answer, Edns, DnsParseError, EdnsOption, rdata.present,
+                 rdata.edns_option, (dataclasses.MISSING, *map(slot_plan, (event, Question, Answer))))
+
+
+if _cwire is not None:
+    setup_c()
