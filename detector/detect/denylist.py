@@ -52,6 +52,8 @@ class Denylist(Detector):
         domains = self.domains
         bit = self._bit if self._index is not None else 0
         for ev in evs:
+            if bit and ev.listed >= 0 and not ev.listed & bit:
+                continue  # enrichment's walk: the name is under no listed domain
             q = ev.questions[0].name if ev.questions else ""
             hit = hits.get(q, 0)
             if hit == 0:  # once per distinct name: the listed domain it is under, or None

@@ -225,6 +225,8 @@ class ResolverBypass(Detector):
         for ev in evs:
             if not ev.questions or ev.kind == "response" and not ev.answers:
                 continue
+            if bit and ev.listed >= 0 and not ev.listed & bit:
+                continue  # enrichment's walk: the name is no DoH host and under none
             q = ev.questions[0].name
             hit = hits.get(q, 0)
             if hit == 0:  # once per distinct name: the DoH host it is (or is under), or None
