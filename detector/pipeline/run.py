@@ -93,6 +93,7 @@ class Pipeline:
         # name by enrichment (each detector's bits are given before the first event)
         self.index = DomainIndex()
         self.enrich = Enricher(rules.allowlist, index=self.index)
+        self._enrich = self.enrich.__call__  # a bound method: called without the instance-call slot
         self.suppressor = Suppressor(suppress_window)
         self.stats = PipelineStats()
         self.on_alert = on_alert
@@ -224,7 +225,7 @@ class Pipeline:
         else:
             st.unanswered += 1
         if e.listed < 0:  # an unanswered query's copy was enriched as the query
-            self.enrich(e)
+            self._enrich(e)
         if self._raw_sinks:
             for w in self._raw_sinks:
                 w(e)
