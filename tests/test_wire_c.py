@@ -45,6 +45,16 @@ def payloads(data, limit_per_file: int = 3000) -> list[bytes]:
     return out
 
 
+def decoded_both(msgs, args):
+    """(C event, Python event) for each message both decoders take."""
+    for m in msgs:
+        try:
+            got = wire.decode(m, *args)
+        except wire.DnsParseError:
+            continue
+        yield got, wire.py_decode(m, *args)
+
+
 def outcome(fn, buf: bytes, args=ARGS):
     try:
         ev = fn(buf, *args)
@@ -128,12 +138,7 @@ def test_c_decoder_builds_events_by_field_name(data):
     msgs = payloads(data, limit_per_file=50)[:500]
     try:
         wire._cwire.setup(flipped, Question, Answer, Edns, wire.DnsParseError)
-        for m in msgs:
-            try:
-                got = wire.decode(m, *ARGS)
-            except wire.DnsParseError:
-                continue
-            ref = wire.py_decode(m, *ARGS)
+        for got, ref in decoded_both(msgs, ARGS):
             assert type(got) is flipped
             for f in fields(DnsEvent):
                 assert getattr(got, f.name) == getattr(ref, f.name), f.name
@@ -157,12 +162,7 @@ def test_c_decoder_fills_records_slot_by_slot_as_their_init_would(data):
     assert set(wire._cwire.planned()) == {DnsEvent, Question, Answer}
     msgs = payloads(data, limit_per_file=200)
     checked = 0
-    for m in msgs:
-        try:
-            got = wire.decode(m, *DNS_ARGS)
-        except wire.DnsParseError:
-            continue
-        ref = wire.py_decode(m, *DNS_ARGS)
+    for got, ref in decoded_both(msgs, DNS_ARGS):
         for f in fields(DnsEvent):  # every slot set: a missing one raises AttributeError here
             assert getattr(got, f.name) == getattr(ref, f.name), f.name
         for a, b in zip(got.answers + got.questions, ref.answers + ref.questions):
